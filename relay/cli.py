@@ -1,0 +1,283 @@
+"""The `relay` command line (CONTRACT.md, "Command line").
+
+Exit codes: 0 success, 2 bad usage / bad input / bad configuration, 1 other
+failures.  Errors are one sentence on stderr; nothing is half-written, since
+every change is one store transaction.  Every command works while
+`relay serve` runs on the same store (SQLite WAL, busy timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any, Sequence
+
+from relay.aliases import AddressError, mint_alias, normalize_address
+from relay.config import ConfigError, Settings, load_settings
+from relay.store import NotFound, StorageError, Store
+
+
+class UsageError(Exception):
+    """Bad input from the user: exit 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one sentence, exit 2
+        self.print_usage(sys.stderr)
+        print(f"relay: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> ArgumentParser:
+    common = ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS,
+                        help="configuration file (default: $RELAY_CONFIG, else the embedded development default)")
+    parser = ArgumentParser(prog="relay", description="An anonymizing SMTP relay for marketplaces.",
+                            parents=[common])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
+
+    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    sub.add_parser("check-config", parents=[common], help="validate the configuration")
+
+    seller = sub.add_parser("seller", parents=[common], help="sellers").add_subparsers(
+        dest="action", required=True, parser_class=ArgumentParser)
+    add = seller.add_parser("add", parents=[common], help="register a seller")
+    add.add_argument("id")
+    add.add_argument("--name", required=True)
+    add.add_argument("--email", action="append", required=True,
+                     help="approved sender address; the first receives buyer mail")
+
+    order = sub.add_parser("order", parents=[common], help="orders").add_subparsers(
+        dest="action", required=True, parser_class=ArgumentParser)
+    open_ = order.add_parser("open", parents=[common], help="mint an order's aliases")
+    open_.add_argument("order")
+    open_.add_argument("--seller", required=True)
+    open_.add_argument("--buyer", required=True)
+    open_.add_argument("--buyer-name")
+
+    optout = sub.add_parser("optout", parents=[common], help="buyer opt-outs").add_subparsers(
+        dest="action", required=True, parser_class=ArgumentParser)
+    for name in ("add", "remove"):
+        p = optout.add_parser(name, parents=[common])
+        p.add_argument("address")
+    optout.add_parser("list", parents=[common])
+
+    audit = sub.add_parser("audit", parents=[common], help="the audit record").add_subparsers(
+        dest="action", required=True, parser_class=ArgumentParser)
+    alist = audit.add_parser("list", parents=[common])
+    alist.add_argument("--order")
+    alist.add_argument("--json", action="store_true")
+    show = audit.add_parser("show", parents=[common])
+    show.add_argument("id", type=int)
+    show.add_argument("--part", choices=("inbound", "outbound"), default="inbound")
+
+    queue = sub.add_parser("queue", parents=[common], help="the outbound queue").add_subparsers(
+        dest="action", required=True, parser_class=ArgumentParser)
+    qlist = queue.add_parser("list", parents=[common])
+    qlist.add_argument("--json", action="store_true")
+    retry = queue.add_parser("retry", parents=[common])
+    retry.add_argument("id", nargs="?", type=int)
+
+    filt = sub.add_parser("filter", parents=[common], help="try the filter chain").add_subparsers(
+        dest="action", required=True, parser_class=ArgumentParser)
+    ftest = filt.add_parser("test", parents=[common], help="run a message through the chain without sending it")
+    ftest.add_argument("file")
+    ftest.add_argument("--from", dest="sender", required=True)
+    ftest.add_argument("--to", dest="alias", required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings(getattr(args, "config", None))
+    except ConfigError as exc:
+        print(f"relay: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "check-config":
+        print(f"configuration OK ({settings.source})")
+        return 0
+    if args.command == "serve":
+        from relay.logs import configure_logging
+        from relay.server import serve
+
+        configure_logging(settings.logging.level)
+        return _run(serve(settings, getattr(args, "config", None)))
+    from relay.logs import configure_logging
+
+    configure_logging("warning")
+    return _run(_with_store(settings, args))
+
+
+def _run(coro) -> int:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        return 1
+
+
+async def _with_store(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        store = await Store.open(settings.store.path)
+    except StorageError as exc:
+        print(f"relay: cannot open the store {settings.store.path}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        handler = COMMANDS[(args.command, args.action)]
+        return await handler(store, settings, args)
+    except UsageError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:
+        print(f"relay: storage error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await store.close()
+
+
+def _address(value: str, what: str) -> str:
+    try:
+        return normalize_address(value)
+    except AddressError as exc:
+        raise UsageError(f"{what}: {exc}") from None
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, ensure_ascii=False))
+
+
+async def seller_add(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    if not args.id.strip() or not args.name.strip():
+        raise UsageError("the seller id and name must not be empty")
+    emails: list[str] = []
+    for e in args.email:
+        address = _address(e, "--email")
+        if address not in emails:
+            emails.append(address)
+    seller = await store.add_seller(args.id, args.name, emails)
+    _print_json({"seller": seller.id, "name": seller.name, "emails": list(seller.emails)})
+    return 0
+
+
+async def order_open(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    if not args.order.strip():
+        raise UsageError("the order id must not be empty")
+    buyer = _address(args.buyer, "--buyer")
+    try:
+        order = await store.open_order(args.order, args.seller, buyer, args.buyer_name, mint_alias)
+    except NotFound:
+        raise UsageError(f"unknown seller {args.seller!r}; add it first with `relay seller add`") from None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    domain = settings.relay.domain
+    _print_json({"order": order.id, "buyer_alias": f"{order.buyer_alias}@{domain}",
+                 "seller_alias": f"{order.seller_alias}@{domain}"})
+    return 0
+
+
+async def optout_add(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    address = _address(args.address, "address")
+    await store.optout_add(address)
+    print(address)
+    return 0
+
+
+async def optout_remove(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    address = _address(args.address, "address")
+    if not await store.optout_remove(address):
+        raise UsageError(f"{address} has not opted out")
+    print(address)
+    return 0
+
+
+async def optout_list(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    for address in await store.optout_list():
+        print(address)
+    return 0
+
+
+async def audit_list(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    for row in await store.audit_list(args.order):
+        if args.json:
+            row = dict(row)
+            row.pop("findings", None)
+            _print_json(row)
+        else:
+            reasons = ",".join(row["reasons"]) or "-"
+            print(f"{row['id']}\t{row['received_at']}\t{row['order'] or '-'}\t{row['direction']}\t"
+                  f"{row['verdict']}\t{reasons}\t{row['delivery'] or '-'}\t{row['subject'] or ''}")
+    return 0
+
+
+async def audit_show(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    row = await store.audit_get(args.id)
+    if row is None:
+        raise UsageError(f"no audit record {args.id}")
+    data = row[args.part]
+    if data is None:
+        raise UsageError(f"audit record {args.id} has no {args.part} message (it was not relayed)")
+    sys.stdout.buffer.write(bytes(data))
+    sys.stdout.buffer.flush()
+    return 0
+
+
+async def queue_list(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    for e in await store.queue_list():
+        obj = {"id": e.id, "audit_id": e.audit_id, "kind": e.kind, "state": e.state, "attempts": e.attempts,
+               "recipient": e.rcpt_to, "next_attempt": e.next_attempt, "last_error": e.last_error}
+        if args.json:
+            _print_json(obj)
+        else:
+            print(f"{e.id}\t{e.kind}\t{e.state}\t{e.attempts}\t{e.audit_id or '-'}\t{e.last_error or ''}")
+    return 0
+
+
+async def queue_retry(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        count = await store.queue_retry(args.id)
+    except NotFound as exc:
+        raise UsageError(str(exc)) from None
+    print(f"{count} queue entr{'y' if count == 1 else 'ies'} due now")
+    return 0
+
+
+async def filter_test(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    from relay.pipeline import Pipeline
+
+    try:
+        with open(args.file, "rb") as fh:
+            content = fh.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read {args.file}: {exc.strerror}") from None
+    pipeline = Pipeline(settings, store)
+    recipient, reply = await pipeline.resolve_recipient(args.alias)
+    if recipient is None or recipient.kind != "alias":
+        raise UsageError(f"{args.alias} is not an alias of an open order ({reply})")
+    outcome = await pipeline.process(args.sender, recipient, content.replace(b"\r\n", b"\n").replace(
+        b"\n", b"\r\n"), dry_run=True)
+    print(f"direction: {recipient.direction}")
+    if not outcome.findings:
+        print("findings: none")
+    for f in outcome.findings:
+        action = settings.filters.action_for(f.code)
+        print(f"finding: [{f.code}] {action} {f.location}: {f.fragment!r}")
+    print(f"critical: {str(outcome.critical).lower()}")
+    print(f"verdict: {outcome.verdict}")
+    print(f"reply: {outcome.reply}")
+    return 0
+
+
+COMMANDS = {
+    ("seller", "add"): seller_add,
+    ("order", "open"): order_open,
+    ("optout", "add"): optout_add,
+    ("optout", "remove"): optout_remove,
+    ("optout", "list"): optout_list,
+    ("audit", "list"): audit_list,
+    ("audit", "show"): audit_show,
+    ("queue", "list"): queue_list,
+    ("queue", "retry"): queue_retry,
+    ("filter", "test"): filter_test,
+}

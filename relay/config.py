@@ -1,0 +1,199 @@
+"""Configuration: TOML in, typed frozen settings out.
+
+Every key has its default here and only here (config.example.toml mirrors this
+file and a test keeps the two in step).  Unknown keys and wrong types are
+errors that name the key, so an operator's typo never silently falls back to a
+default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relay.filters.settings import FilterSettings, parse_filter_settings
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message names the offending key."""
+
+
+@dataclass(frozen=True)
+class RelaySection:
+    domain: str = "relay.example"  # aliases are minted on this domain
+    hostname: str = "mx.relay.example"  # banner, HELO and Message-ID domain
+    # Mail to postmaster (RFC 5321 section 4.5.1) goes here, never to a party.
+    postmaster: str = "postmaster@localhost"
+
+
+@dataclass(frozen=True)
+class StoreSection:
+    path: str = "var/relay.sqlite3"
+
+
+@dataclass(frozen=True)
+class ListenSection:
+    mx: str = "127.0.0.1:2525"
+
+
+@dataclass(frozen=True)
+class DeliverySection:
+    mode: str = "smtp"  # "smtp" (smarthost) or "maildir" (development)
+    smarthost: str = "127.0.0.1:2526"
+    maildir: str = "var/outbox"  # used when mode = "maildir"
+    tls: str = "opportunistic"  # STARTTLS to the smarthost: "none", "opportunistic" or "required"
+    connections: int = 4  # persistent connections kept to the smarthost
+    timeout: float = 60.0  # seconds for each SMTP step to the smarthost
+    # RFC 5321 section 4.5.4.1: retry with back-off, give up after 4-5 days.
+    retry_initial: float = 300.0
+    retry_max: float = 3600.0
+    lifetime: float = 432000.0
+    poll_interval: float = 1.0  # how often the queue is scanned for due retries
+
+
+@dataclass(frozen=True)
+class LimitsSection:
+    message_size: int = 26214400  # 25 MiB, advertised with SIZE (RFC 1870)
+    header_field: int = 8192  # one header field, unfolded (CPython gh-136063)
+    header_total: int = 102400  # the whole header block (Postfix's default)
+    mime_depth: int = 20  # nested multiparts (deeper ones crash serialisers)
+    recipients: int = 1  # alias recipients per transaction; more get 452 4.5.3
+    command_timeout: float = 300.0  # RFC 5321 section 4.5.3.2
+
+
+@dataclass(frozen=True)
+class LoggingSection:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Settings:
+    relay: RelaySection = field(default_factory=RelaySection)
+    store: StoreSection = field(default_factory=StoreSection)
+    listen: ListenSection = field(default_factory=ListenSection)
+    delivery: DeliverySection = field(default_factory=DeliverySection)
+    limits: LimitsSection = field(default_factory=LimitsSection)
+    logging: LoggingSection = field(default_factory=LoggingSection)
+    filters: FilterSettings = field(default_factory=FilterSettings)
+    source: str = "embedded development default"
+
+
+_SECTIONS = {
+    "relay": RelaySection,
+    "store": StoreSection,
+    "listen": ListenSection,
+    "delivery": DeliverySection,
+    "limits": LimitsSection,
+    "logging": LoggingSection,
+}
+
+_CHOICES = {
+    "delivery.mode": ("smtp", "maildir"),
+    "delivery.tls": ("none", "opportunistic", "required"),
+    "logging.level": ("debug", "info", "warning", "error"),
+}
+
+# With no config file at all, `relay serve` must run on a fresh machine with no
+# other server: deliver into a maildir under ./var instead of a smarthost.
+EMBEDDED_DEVELOPMENT_OVERRIDES = {"delivery": {"mode": "maildir"}}
+
+
+def _check_type(key: str, value: Any, expected: Any) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in (int, float, str, bool):
+        if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
+            raise ConfigError(f"{key} must be {_type_name(expected)}, not {_type_name(type(value))}")
+        return value
+    raise AssertionError(f"unsupported type for {key}: {expected}")
+
+
+def _type_name(t: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+            list: "a list", dict: "a table"}.get(t, getattr(t, "__name__", str(t)))
+
+
+def _parse_section(name: str, cls: type, raw: Any) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"unknown key {name}.{key}")
+        values[key] = _check_type(f"{name}.{key}", value, hints[key])
+        choices = _CHOICES.get(f"{name}.{key}")
+        if choices and values[key] not in choices:
+            raise ConfigError(f"{name}.{key} must be one of {', '.join(choices)}, not {values[key]!r}")
+    return cls(**values)
+
+
+def _validate(settings: Settings) -> None:
+    for key in ("listen.mx", "delivery.smarthost"):
+        section, name = key.split(".")
+        parse_hostport(key, getattr(getattr(settings, section), name))
+    for key, value in (("relay.domain", settings.relay.domain), ("relay.hostname", settings.relay.hostname)):
+        if not value or any(c.isspace() or c in "@<>[]" for c in value) or value != value.lower():
+            raise ConfigError(f"{key} must be a lowercase domain name, not {value!r}")
+    positive = [("limits.message_size", settings.limits.message_size), ("limits.header_field", settings.limits.header_field),
+                ("limits.header_total", settings.limits.header_total), ("limits.mime_depth", settings.limits.mime_depth),
+                ("limits.recipients", settings.limits.recipients), ("delivery.connections", settings.delivery.connections),
+                ("delivery.timeout", settings.delivery.timeout), ("delivery.retry_initial", settings.delivery.retry_initial),
+                ("delivery.retry_max", settings.delivery.retry_max), ("delivery.lifetime", settings.delivery.lifetime),
+                ("delivery.poll_interval", settings.delivery.poll_interval),
+                ("limits.command_timeout", settings.limits.command_timeout)]
+    for key, value in positive:
+        if value <= 0:
+            raise ConfigError(f"{key} must be greater than zero")
+    if "@" not in settings.relay.postmaster:
+        raise ConfigError("relay.postmaster must be an email address")
+
+
+def parse_hostport(key: str, value: str) -> tuple[str, int]:
+    """Split "host:port" (IPv6 as "[::1]:25"; port 0 picks a free port); errors name the key."""
+    host, sep, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{key} must look like host:port, not {value!r}")
+    return host, int(port)
+
+
+def settings_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Settings:
+    parts: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "filters":
+            try:
+                parts["filters"] = parse_filter_settings(value)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        elif name in _SECTIONS:
+            parts[name] = _parse_section(name, _SECTIONS[name], value)
+        else:
+            raise ConfigError(f"unknown section [{name}]")
+    settings = Settings(**parts, source=source)
+    _validate(settings)
+    return settings
+
+
+def load_settings(path: str | None = None) -> Settings:
+    """Load `path`, else $RELAY_CONFIG, else the embedded development default."""
+    path = path or os.environ.get("RELAY_CONFIG") or None
+    if path is None:
+        return settings_from_dict(EMBEDDED_DEVELOPMENT_OVERRIDES, source="embedded development default")
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    # Relative paths are relative to the working directory, as for sqlite3 and most tools.
+    return settings_from_dict(raw, source=str(file))

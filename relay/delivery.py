@@ -1,0 +1,279 @@
+"""The outbound queue worker: hand queued messages to the next hop.
+
+The queue lives in the store, so it survives restarts.  Delivery is
+at-least-once: an entry is marked delivered only after the next hop said 250;
+a crash in between re-sends it with the same Message-ID (THREATS #44).
+Transient failures (4xx, timeouts, refused connections) are retried with
+exponential back-off up to the configured lifetime (RFC 5321 section
+4.5.4.1); permanent ones (5xx) fail at once.  The writer then gets a notice
+that names only the alias and a generic status, never the other side's real
+address nor the remote server's text (THREATS #37).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import socket
+import time
+from email.utils import formatdate
+from pathlib import Path
+
+import aiosmtplib
+
+from relay.config import Settings, parse_hostport
+from relay.logs import get_logger
+from relay.store import QueueEntry, StorageError, Store
+
+_SAFE_ADDRESS = re.compile(r"[^\s<>\r\n\0]*")
+
+
+class PermanentFailure(Exception):
+    pass
+
+
+class TransientFailure(Exception):
+    pass
+
+
+def failure_notice(settings: Settings, to: str, alias: str) -> bytes:
+    """A neutral delivery-failure notice: the alias and a generic status only."""
+    domain = settings.relay.domain
+    text = (
+        f"Your message to {alias} could not be delivered.\r\n"
+        "\r\n"
+        "The relay gave up after the recipient's mail system refused it or could not be reached.\r\n"
+        "No further attempts will be made. You may write again later.\r\n"
+    )
+    headers = (
+        f"From: Mail Delivery System <mailer-daemon@{domain}>\r\n"
+        f"To: {to}\r\n"
+        f"Subject: Undeliverable: your message to {alias}\r\n"
+        f"Date: {formatdate(usegmt=True)}\r\n"
+        f"Message-ID: <{secrets.token_hex(16)}@{settings.relay.hostname}>\r\n"
+        "Auto-Submitted: auto-replied\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n"
+        "Content-Transfer-Encoding: 7bit\r\n"
+    )
+    return (headers + "\r\n" + text).encode("ascii")
+
+
+class Delivery:
+    """Scans the queue for due entries and delivers them with a few workers."""
+
+    def __init__(self, settings: Settings, store: Store, clock=time.time):
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.log = get_logger()
+        self._wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._work: asyncio.Queue[QueueEntry] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self._clients: list[aiosmtplib.SMTP | None] = []
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.settings = settings
+
+    async def start(self) -> None:
+        n = max(1, self.settings.delivery.connections)
+        self._clients = [None] * n
+        self._tasks = [asyncio.create_task(self._scan_loop())]
+        self._tasks += [asyncio.create_task(self._worker(i)) for i in range(n)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for client in self._clients:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:
+                    pass
+
+    async def run_once(self) -> int:
+        """Deliver everything due now (used by tests and `queue retry`)."""
+        due = await self.store.queue_due(self.clock(), limit=1000)
+        for entry in due:
+            await self._deliver(entry, 0)
+        return len(due)
+
+    async def _scan_loop(self) -> None:
+        while True:
+            try:
+                due = await self.store.queue_due(self.clock(), limit=200, exclude=self._in_flight)
+                for entry in due:
+                    self._in_flight.add(entry.id)
+                    self._work.put_nowait(entry)
+            except StorageError as exc:
+                self.log.warning("delivery.error", error="queue scan failed", detail=str(exc)[:200])
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=self.settings.delivery.poll_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _worker(self, slot: int) -> None:
+        while True:
+            entry = await self._work.get()
+            try:
+                await self._deliver(entry, slot)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never let one entry kill the worker
+                self.log.error("delivery.error", queue_id=entry.id, error=type(exc).__name__)
+            finally:
+                self._in_flight.discard(entry.id)
+                self._wake.set()
+
+    async def _deliver(self, entry: QueueEntry, slot: int) -> None:
+        data = await self.store.queue_message(entry.id)
+        if data is None:
+            await self.store.mark_failed(entry.id, "message data missing", None)
+            return
+        try:
+            _check_address(entry.mail_from, allow_empty=True)
+            _check_address(entry.rcpt_to, allow_empty=False)
+            if self.settings.delivery.mode == "maildir":
+                await asyncio.get_running_loop().run_in_executor(None, self._to_maildir, entry, data)
+            else:
+                await self._to_smarthost(entry, data, slot)
+        except PermanentFailure as exc:
+            await self._fail(entry, str(exc))
+            return
+        except (TransientFailure, OSError, asyncio.TimeoutError, aiosmtplib.SMTPException) as exc:
+            await self._defer(entry, str(exc) or type(exc).__name__)
+            return
+        await self.store.mark_delivered(entry.id)
+        self.log.info("delivery.sent", queue_id=entry.id, audit_id=entry.audit_id, kind=entry.kind,
+                      attempts=entry.attempts + 1)
+
+    async def _defer(self, entry: QueueEntry, error: str) -> None:
+        now = self.clock()
+        d = self.settings.delivery
+        if now - entry.created_at >= d.lifetime:
+            await self._fail(entry, f"gave up after {int(now - entry.created_at)} s: {error}")
+            return
+        delay = min(d.retry_max, d.retry_initial * (2 ** min(entry.attempts, 30)))
+        await self.store.mark_deferred(entry.id, error[:500], now + delay)
+        self.log.info("delivery.deferred", queue_id=entry.id, audit_id=entry.audit_id, retry_in=round(delay, 3),
+                      attempts=entry.attempts + 1)
+
+    async def _fail(self, entry: QueueEntry, error: str) -> None:
+        notice = None
+        # Never bounce a bounce or a postmaster message (no loops, no backscatter).
+        if entry.kind == "relay" and entry.notify and entry.notify_alias:
+            notice = ("", entry.notify, failure_notice(self.settings, entry.notify, entry.notify_alias))
+        await self.store.mark_failed(entry.id, error[:500], notice)
+        self.log.warning("delivery.failed", queue_id=entry.id, audit_id=entry.audit_id, kind=entry.kind)
+        if notice:
+            self._wake.set()
+
+    # ------------------------------------------------------------ targets
+
+    def _to_maildir(self, entry: QueueEntry, data: bytes) -> None:
+        """Development target: one file per message in a Maildir, written
+        atomically (tmp, fsync, rename into new/)."""
+        root = Path(self.settings.delivery.maildir)
+        for sub in ("tmp", "new", "cur"):
+            (root / sub).mkdir(parents=True, exist_ok=True)
+        name = f"{int(time.time())}.Q{entry.id}R{secrets.token_hex(4)}.{socket.gethostname()}"
+        envelope = f"Return-Path: <{entry.mail_from}>\r\nDelivered-To: {entry.rcpt_to}\r\n".encode()
+        tmp = root / "tmp" / name
+        with open(tmp, "wb") as fh:
+            fh.write(envelope + data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.rename(tmp, root / "new" / name)
+        dir_fd = os.open(root / "new", os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    async def _to_smarthost(self, entry: QueueEntry, data: bytes, slot: int) -> None:
+        for attempt in (0, 1):
+            client = self._clients[slot] if slot < len(self._clients) else None
+            reused = client is not None and client.is_connected
+            try:
+                if not reused:
+                    client = await self._connect()
+                    if slot < len(self._clients):
+                        self._clients[slot] = client
+                await self._send(client, entry, data)
+                return
+            except aiosmtplib.SMTPServerDisconnected:
+                self._drop(slot)
+                if reused and attempt == 0:
+                    continue  # an idle pooled connection was closed by the peer: retry fresh
+                raise TransientFailure("connection lost")
+            except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPTimeoutError, OSError, asyncio.TimeoutError) as exc:
+                self._drop(slot)
+                raise TransientFailure(type(exc).__name__) from exc
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        host, port = parse_hostport("delivery.smarthost", self.settings.delivery.smarthost)
+        tls = self.settings.delivery.tls
+        client = aiosmtplib.SMTP(
+            hostname=host, port=port, timeout=self.settings.delivery.timeout,
+            local_hostname=self.settings.relay.hostname,
+            start_tls=(None if tls == "opportunistic" else tls == "required"),
+            validate_certs=(tls == "required"))
+        await client.connect()
+        return client
+
+    def _drop(self, slot: int) -> None:
+        if slot < len(self._clients) and self._clients[slot] is not None:
+            try:
+                self._clients[slot].close()
+            except Exception:
+                pass
+            self._clients[slot] = None
+
+    async def _send(self, client: aiosmtplib.SMTP, entry: QueueEntry, data: bytes) -> None:
+        try:
+            errors, _ = await client.sendmail(entry.mail_from, [entry.rcpt_to], data)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            await _reset(client)
+            if codes and all(500 <= c < 600 for c in codes):
+                raise PermanentFailure(f"recipient refused ({codes[0]})") from None
+            raise TransientFailure(f"recipient deferred ({codes[0] if codes else '?'})") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            await _reset(client)
+            if 500 <= exc.code < 600:
+                raise PermanentFailure(f"refused ({exc.code})") from None
+            raise TransientFailure(f"deferred ({exc.code})") from None
+        if errors:
+            code = next(iter(errors.values())).code
+            if 500 <= code < 600:
+                raise PermanentFailure(f"recipient refused ({code})")
+            raise TransientFailure(f"recipient deferred ({code})")
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    try:
+        if client.is_connected:
+            await client.rset()
+    except Exception:
+        client.close()
+
+
+def _check_address(address: str, allow_empty: bool) -> None:
+    """Re-validate stored addresses before they reach the SMTP library
+    (CR/LF in an address is a command injection, GHSA-v3q9-hj7j-63hq)."""
+    if not address and allow_empty:
+        return
+    if not address or not _SAFE_ADDRESS.fullmatch(address) or "@" not in address:
+        raise PermanentFailure("invalid stored address")

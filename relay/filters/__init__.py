@@ -1,0 +1,1 @@
+"""The filter chain: small detection classes plus one chain that applies policy."""

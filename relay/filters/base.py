@@ -1,0 +1,150 @@
+"""The filter protocol: what a filter sees, what it reports.
+
+Detection is apart from policy (maddy's checks, OpenSMTPD's closed set of
+decisions): a filter only reports `Finding`s; the chain (relay.filters.chain)
+applies the configured action (reject, redact, flag) per reason code.  Filters
+are pure: everything they need from the store is precomputed into the
+`FilterContext`, so they are testable without a socket or a database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from email.message import EmailMessage
+from typing import Protocol
+
+SELLER_TO_BUYER = "seller_to_buyer"
+BUYER_TO_SELLER = "buyer_to_seller"
+BOTH_DIRECTIONS = frozenset({SELLER_TO_BUYER, BUYER_TO_SELLER})
+FROM_SELLER = frozenset({SELLER_TO_BUYER})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing a filter found.
+
+    `fragment` is the offending text as it appears (quoted, shortened, in the
+    SMTP reply); `location` says where ("subject", "text/plain part 1",
+    "attachment invoice.pdf"); `sentence` is what a seller can act on.
+    """
+
+    code: str
+    fragment: str
+    location: str
+    sentence: str
+
+
+@dataclass(frozen=True)
+class TextPart:
+    """A decoded text part. For text/html, `text` is the markup itself."""
+
+    location: str
+    content_type: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    location: str
+    filename: str | None
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class MessageView:
+    """The message as the filters judge it: decoded once, after the parties'
+    own real addresses were replaced by their aliases."""
+
+    subject: str
+    parts: tuple[TextPart, ...] = ()
+    attachments: tuple[Attachment, ...] = ()
+    max_depth: int = 0
+
+    @classmethod
+    def from_message(cls, message: EmailMessage) -> "MessageView":
+        parts: list[TextPart] = []
+        attachments: list[Attachment] = []
+        _collect(message, parts, attachments, depth=0)
+        return cls(subject=str(message.get("Subject", "") or ""), parts=tuple(parts), attachments=tuple(attachments))
+
+    def plain_text(self) -> str:
+        return "\n".join(p.text for p in self.parts if p.content_type == "text/plain")
+
+
+def _collect(part: EmailMessage, parts: list[TextPart], attachments: list[Attachment], depth: int) -> None:
+    if part.is_multipart():
+        for sub in part.iter_parts():
+            _collect(sub, parts, attachments, depth + 1)
+        return
+    ctype = part.get_content_type()
+    filename = part.get_filename()
+    disposition = part.get_content_disposition()
+    is_body_text = ctype in ("text/plain", "text/html") and disposition != "attachment" and not filename
+    if is_body_text:
+        parts.append(TextPart(f"{ctype} part {len(parts) + 1}", ctype, decoded_text(part)))
+        return
+    data = part.get_payload(decode=True) or b""
+    name = filename or ctype
+    attachments.append(Attachment(f"attachment {name}", filename, ctype, data))
+
+
+def decoded_text(part: EmailMessage) -> str:
+    """Decode a leaf part's payload to text whatever its transfer encoding and
+    charset; undecodable bytes become U+FFFD rather than passing through raw."""
+    data = part.get_payload(decode=True) or b""
+    charset = part.get_content_charset() or "us-ascii"
+    try:
+        return data.decode(charset, errors="replace")
+    except LookupError:
+        return data.decode("utf-8", errors="replace")
+
+
+@dataclass(frozen=True)
+class FilterContext:
+    """Facts about the exchange, gathered from the store before the chain runs."""
+
+    direction: str
+    order_id: str = ""
+    seller_id: str = ""
+    relay_domain: str = "relay.example"
+    own_aliases: frozenset[str] = frozenset()  # this order's aliases, lowercase
+    critical: bool = False  # the subject holds [Important] (any case)
+    buyer_opted_out: bool = False
+    buyer_has_written: bool = False  # the buyer sent a message in this order
+    is_reply_to_buyer: bool = False  # In-Reply-To/References name a buyer message of this order
+    unsolicited_sent: int = 0  # accepted seller messages in this order before the buyer wrote
+    critical_sent_window: int = 0  # accepted critical messages of this seller to opted-out buyers in the window
+    previous_fingerprints: frozenset[str] = field(default_factory=frozenset)  # accepted texts in this order
+
+
+class Filter(Protocol):
+    """One step of the chain. `name` is the key used in [filters] config."""
+
+    name: str
+    directions: frozenset[str]
+
+    def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]: ...
+
+
+CRITICAL_TAG = re.compile(r"\[important\]", re.IGNORECASE)
+
+
+def is_critical(subject: str) -> bool:
+    return bool(CRITICAL_TAG.search(subject or ""))
+
+
+def text_fingerprint(view: MessageView) -> str:
+    """A fingerprint of the message's words: case, accents, whitespace,
+    punctuation and quoted lines do not change it, so re-sending the same text
+    with cosmetic edits is still recognised as a duplicate."""
+    text = view.plain_text()
+    if not text.strip():
+        text = "\n".join(p.text for p in view.parts)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith(">")]
+    norm = unicodedata.normalize("NFKD", " ".join(lines)).casefold()
+    words = re.findall(r"\w+", norm)
+    return hashlib.sha256(" ".join(words).encode()).hexdigest()

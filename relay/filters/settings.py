@@ -1,0 +1,83 @@
+"""The [filters] configuration section: chain order, per-rule action, limits.
+
+Parsed here rather than in relay.config so that a new filter's options live
+beside the filter.  Errors are ValueError naming the key; relay.config turns
+them into ConfigError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+ACTIONS = ("reject", "redact", "flag")
+
+# The chain, in order.  Cheap envelope-level rules first, content later.
+DEFAULT_ORDER = (
+    "opted_out",
+    "critical_quota",
+    "too_many_messages",
+    "duplicate",
+    "attachment_too_large",
+    "attachment_type",
+    "link",
+    "email_address",
+    "phone_number",
+    "promotion",
+    "tracking_pixel",
+)
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    order: tuple[str, ...] = DEFAULT_ORDER
+    actions: dict[str, str] = field(default_factory=dict)  # reason code -> action; default "reject"
+    link_allow_domains: tuple[str, ...] = ()  # no link domain is allowed until listed
+    attachment_max_bytes: int = 10 * 1024 * 1024  # decoded, all attachments together
+    attachment_max_count: int = 5
+    attachment_types: tuple[str, ...] = ("jpeg", "png", "gif", "pdf", "txt", "doc", "docx")
+    unsolicited_limit: int = 3  # seller messages per order before the buyer writes
+    critical_quota: int = 10  # critical messages to opted-out buyers per seller per window
+    critical_window_days: int = 30
+    promotion_phrases: tuple[str, ...] = ()  # added to the built-in English and French lists
+
+    def action_for(self, code: str) -> str:
+        return self.actions.get(code, "reject")
+
+
+_LIST_KEYS = {"order", "link_allow_domains", "attachment_types", "promotion_phrases"}
+_INT_KEYS = {"attachment_max_bytes", "attachment_max_count", "unsolicited_limit", "critical_quota", "critical_window_days"}
+
+
+def parse_filter_settings(raw: Any) -> FilterSettings:
+    from relay.filters.registry import FILTERS, REASON_CODES
+
+    if not isinstance(raw, dict):
+        raise ValueError("[filters] must be a table")
+    known = {f.name for f in fields(FilterSettings)}
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"filters.{key}"
+        if key not in known:
+            raise ValueError(f"unknown key {name}")
+        if key in _LIST_KEYS:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"{name} must be a list of strings")
+            values[key] = tuple(v.lower() if key != "promotion_phrases" else v for v in value)
+        elif key in _INT_KEYS:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer")
+            values[key] = value
+        elif key == "actions":
+            if not isinstance(value, dict):
+                raise ValueError("filters.actions must be a table of reason code = action")
+            for code, action in value.items():
+                if code not in REASON_CODES:
+                    raise ValueError(f"unknown reason code filters.actions.{code}")
+                if action not in ACTIONS:
+                    raise ValueError(f"filters.actions.{code} must be one of {', '.join(ACTIONS)}, not {action!r}")
+            values[key] = dict(value)
+    for filter_name in values.get("order", ()):
+        if filter_name not in FILTERS:
+            raise ValueError(f"unknown filter {filter_name!r} in filters.order")
+    return FilterSettings(**values)

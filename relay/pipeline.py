@@ -1,0 +1,521 @@
+"""One exchange, from recipient lookup to the durable commit.
+
+This is the relay's logic apart from the SMTP protocol: `relay.server` calls
+it from aiosmtpd's hooks, and `relay filter test` calls it with `dry_run` so
+an operator sees exactly what the daemon would decide.  Every public method
+returns an SMTP reply string; the SMTP layer only passes it on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from typing import Any
+
+from relay.aliases import AddressError, looks_like_alias, normalize_address, split_address
+from relay.config import Settings
+from relay.filters.base import (BUYER_TO_SELLER, SELLER_TO_BUYER, FilterContext, Finding, MessageView,
+                                is_critical, text_fingerprint)
+from relay.filters.chain import Chain, ChainResult, rejection_reply
+from relay.logs import get_logger
+from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, message_ids_in,
+                           new_message_id, rewrite_message)
+from relay.store import AuditRecord, Order, QueueEntry, Seller, StorageError, Store, utc_now_iso
+
+PARSE_POLICY = policy.default
+
+# Replies that must not differ between "unknown", "expired" and "malformed"
+# aliases, so a harvester learns nothing (THREATS #33).
+UNKNOWN_ALIAS = "550 5.1.1 No such recipient here"
+FOREIGN_DOMAIN = "550 5.7.1 Relaying denied: this server accepts mail only for its own aliases"
+NOT_AUTHORIZED = ("550 5.7.1 [sender_not_authorized] This sender may not write to this address; "
+                  "write from the address registered for this order.")
+STORAGE_TROUBLE = "451 4.3.0 Temporary storage trouble, please try again later"
+STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
+BOUNCE_PREFIX = "bounces-"
+ACCEPTED = "250 2.0.0 OK: message {audit_id} queued"
+
+
+def storage_reply(exc: StorageError) -> str:
+    return STORAGE_FULL if exc.full else STORAGE_TROUBLE
+
+
+@dataclass
+class Recipient:
+    kind: str  # "alias" | "postmaster" | "bounce"
+    address: str  # as the sender wrote it, lowercased
+    order: Order | None = None
+    role: str | None = None  # the alias belongs to the "buyer" or the "seller"
+    seller: Seller | None = None
+    bounce_entry: QueueEntry | None = None
+
+    @property
+    def direction(self) -> str:
+        return SELLER_TO_BUYER if self.role == "buyer" else BUYER_TO_SELLER
+
+    def authorized_senders(self) -> tuple[str, ...]:
+        assert self.order is not None and self.seller is not None
+        if self.role == "buyer":  # the seller writes to the buyer alias
+            return self.seller.emails
+        return (self.order.buyer_address,)
+
+
+@dataclass
+class Outcome:
+    reply: str
+    verdict: str  # accepted | rejected | deferred
+    audit_id: int | None = None
+    findings: list[Finding] = field(default_factory=list)
+    critical: bool = False
+    outbound: bytes | None = None
+    direction: str = "unknown"
+
+    @property
+    def code(self) -> int:
+        return int(self.reply[:3])
+
+
+class MessageRefused(Exception):
+    """A check failed before the filters: `reply` says why, `reason` for the audit."""
+
+    def __init__(self, reply: str, reason: str | None = None):
+        super().__init__(reply)
+        self.reply = reply
+        self.reason = reason
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, store: Store, on_queued=None):
+        self.settings = settings
+        self.store = store
+        self.chain = Chain(settings.filters)
+        self.on_queued = on_queued or (lambda: None)
+        self.log = get_logger()
+
+    def reconfigure(self, settings: Settings) -> None:
+        self.settings = settings
+        self.chain = Chain(settings.filters)
+
+    # -------------------------------------------------------------- RCPT
+
+    async def resolve_recipient(self, address: str) -> tuple[Recipient | None, str]:
+        """Classify an envelope recipient; returns (recipient, reply)."""
+        domain_cfg = self.settings.relay.domain
+        local, domain = split_address(address.strip())
+        domain = _canonical_domain(domain)
+        local_l = local.lower()
+        if domain == "" and local_l == "postmaster":
+            return Recipient("postmaster", "postmaster"), "250 2.1.5 OK"
+        if domain not in (domain_cfg, self.settings.relay.hostname):
+            return None, FOREIGN_DOMAIN
+        if local_l == "postmaster":
+            return Recipient("postmaster", f"postmaster@{domain}"), "250 2.1.5 OK"
+        if domain != domain_cfg:
+            return None, UNKNOWN_ALIAS
+        if local_l.startswith(BOUNCE_PREFIX):
+            entry = await self.store.bounce_token_entry(local_l[len(BOUNCE_PREFIX):])
+            if entry is None:
+                return None, UNKNOWN_ALIAS
+            return Recipient("bounce", f"{local_l}@{domain}", bounce_entry=entry), "250 2.1.5 OK"
+        # Always do the same lookup work, whatever the shape of the local part.
+        found = await self.store.find_alias(local_l if looks_like_alias(local_l) else "\x00" + local_l[:64])
+        if found is None:
+            return None, UNKNOWN_ALIAS
+        order, role = found
+        seller = await self.store.get_seller(order.seller_id)
+        if seller is None:
+            return None, UNKNOWN_ALIAS
+        return Recipient("alias", f"{local_l}@{domain}", order, role, seller), "250 2.1.5 OK"
+
+    def sender_is_authorized(self, recipient: Recipient, mail_from: str) -> bool:
+        try:
+            sender = normalize_address(mail_from)
+        except AddressError:
+            return False
+        return sender in recipient.authorized_senders()
+
+    async def refuse_at_rcpt(self, recipient: Recipient, mail_from: str) -> str:
+        """Audit a refusal of a known alias (the contract: it is an exchange)."""
+        record = AuditRecord(
+            received_at=utc_now_iso(), order_id=recipient.order.id if recipient.order else None,
+            direction=recipient.direction, sender=mail_from, recipient=recipient.address,
+            verdict="rejected", reasons=["sender_not_authorized"],
+            findings=[{"code": "sender_not_authorized", "fragment": "", "location": "envelope"}])
+        try:
+            audit_id = await self.store.record_rejection(record)
+        except StorageError as exc:
+            return storage_reply(exc)
+        self.log.info("message.rejected", audit_id=audit_id, order=record.order_id, stage="rcpt",
+                      reasons=record.reasons, alias=recipient.address)
+        return NOT_AUTHORIZED
+
+    # -------------------------------------------------------------- DATA
+
+    async def process(self, mail_from: str, recipient: Recipient, content: bytes,
+                      dry_run: bool = False) -> Outcome:
+        if recipient.kind == "postmaster":
+            return await self._to_postmaster(mail_from, content)
+        if recipient.kind == "bounce":
+            return await self._bounce_received(mail_from, recipient, content)
+        started = time.perf_counter()
+        try:
+            outcome = await self._exchange(mail_from, recipient, content, dry_run)
+        except StorageError as exc:
+            self.log.warning("message.deferred_by_storage", order=recipient.order.id, full=exc.full)
+            return Outcome(storage_reply(exc), "deferred")
+        outcome.direction = recipient.direction
+        self.log.info("message.accepted" if outcome.verdict == "accepted" else "message.rejected",
+                      audit_id=outcome.audit_id, order=recipient.order.id, direction=recipient.direction,
+                      reasons=[f.code for f in outcome.findings], critical=outcome.critical,
+                      seconds=round(time.perf_counter() - started, 4), dry_run=dry_run)
+        return outcome
+
+    async def _exchange(self, mail_from: str, recipient: Recipient, content: bytes, dry_run: bool) -> Outcome:
+        order, seller = recipient.order, recipient.seller
+        assert order is not None and seller is not None
+        direction = recipient.direction
+        subject = ""
+        try:
+            check_raw(content, self.settings)
+            message = await _parse(content)
+            subject = _safe_subject(message)
+            check_structure(message, self.settings)
+            if not self.sender_is_authorized(recipient, mail_from) or \
+                    not _header_from_authorized(message, recipient.authorized_senders()):
+                raise MessageRefused(NOT_AUTHORIZED, "sender_not_authorized")
+        except MessageRefused as refusal:
+            return await self._reject(recipient, mail_from, content, subject, refusal.reply,
+                                      [Finding(refusal.reason or "malformed", "", "message", refusal.reply[10:])],
+                                      critical=is_critical(subject), dry_run=dry_run)
+
+        critical = is_critical(subject)
+        parties = self._parties(recipient)
+        relay_id = new_message_id(self.settings.relay.hostname)
+        threading, is_reply_to_buyer = await self._threading(order, direction, message, relay_id)
+        try:
+            result = await _rewrite(message, parties, threading, (), len(content))
+        except RewriteError as exc:
+            code = re.search(r"\[(\w+)\]", exc.reply)
+            return await self._reject(recipient, mail_from, content, subject, exc.reply,
+                                      [Finding(code.group(1) if code else "malformed", "", "message", exc.reply[10:])],
+                                      critical, dry_run)
+        view = MessageView(subject=result.subject, parts=tuple(result.parts), attachments=tuple(result.attachments))
+        ctx = await self._context(recipient, critical, is_reply_to_buyer)
+        verdict = self.chain.run(view, ctx)
+        if verdict.rejection is not None:
+            return await self._reject(recipient, mail_from, content, subject, rejection_reply(verdict.rejection),
+                                      list(verdict.findings), critical, dry_run)
+        if verdict.redactions:
+            result = await _rewrite(message, parties, threading, verdict.redactions, len(content))
+        if dry_run:
+            return Outcome("250 2.0.0 OK (dry run: nothing stored or sent)", "accepted", None,
+                           list(verdict.findings), critical, result.data)
+        return await self._accept(recipient, mail_from, content, subject, message, result, verdict, ctx,
+                                  critical, relay_id)
+
+    async def _accept(self, recipient: Recipient, mail_from: str, content: bytes, subject: str,
+                      message: EmailMessage, result: RewriteResult, verdict: ChainResult, ctx: FilterContext,
+                      critical: bool, relay_id: str) -> Outcome:
+        order = recipient.order
+        assert order is not None
+        direction = recipient.direction
+        unsolicited = direction == SELLER_TO_BUYER and not ctx.buyer_has_written
+        record = AuditRecord(
+            received_at=utc_now_iso(), order_id=order.id, direction=direction, sender=mail_from,
+            recipient=recipient.address, verdict="accepted", reasons=verdict.reasons,
+            findings=[_finding_dict(f) for f in verdict.findings], critical=critical, unsolicited=unsolicited,
+            to_opted_out=ctx.buyer_opted_out, subject=subject,
+            fingerprint=text_fingerprint(MessageView(subject, tuple(result.parts))),
+            inbound=content, outbound=result.data)
+        original_ids = message_ids_in(message.get("Message-ID"))
+        token = secrets.token_hex(12)
+        rcpt_to = self._parties(recipient).recipient_addresses[0]
+        audit_id, _ = await self.store.accept_message(
+            record, relay_id, original_ids[0] if original_ids else None,
+            mail_from=f"{BOUNCE_PREFIX}{token}@{self.settings.relay.domain}", rcpt_to=rcpt_to,
+            bounce_token=token, notify=_normalized_or_none(mail_from), notify_alias=recipient.address)
+        self.on_queued()
+        return Outcome(ACCEPTED.format(audit_id=audit_id), "accepted", audit_id, list(verdict.findings),
+                       critical, result.data)
+
+    async def _reject(self, recipient: Recipient, mail_from: str, content: bytes, subject: str, reply: str,
+                      findings: list[Finding], critical: bool, dry_run: bool) -> Outcome:
+        if dry_run:
+            return Outcome(reply, "rejected", None, findings, critical)
+        reasons: list[str] = []
+        for f in findings:
+            if f.code not in reasons:
+                reasons.append(f.code)
+        record = AuditRecord(
+            received_at=utc_now_iso(), order_id=recipient.order.id if recipient.order else None,
+            direction=recipient.direction, sender=mail_from, recipient=recipient.address, verdict="rejected",
+            reasons=reasons, findings=[_finding_dict(f) for f in findings], critical=critical, subject=subject,
+            inbound=content)
+        audit_id = await self.store.record_rejection(record)
+        return Outcome(reply, "rejected", audit_id, findings, critical)
+
+    def _parties(self, recipient: Recipient) -> Parties:
+        order, seller = recipient.order, recipient.seller
+        assert order is not None and seller is not None
+        domain = self.settings.relay.domain
+        buyer_alias = f"{order.buyer_alias}@{domain}"
+        seller_alias = f"{order.seller_alias}@{domain}"
+        if recipient.role == "buyer":  # seller writes to the buyer
+            return Parties(seller.emails, seller_alias, seller.name, (order.buyer_address,), buyer_alias,
+                           self.settings.relay.hostname)
+        return Parties((order.buyer_address,), buyer_alias, order.buyer_name or "Buyer", seller.emails,
+                       seller_alias, self.settings.relay.hostname)
+
+    async def _threading(self, order: Order, direction: str, message: EmailMessage,
+                         relay_id: str) -> tuple[Threading, bool]:
+        """Translate In-Reply-To / References so both sides' clients thread.
+
+        A relay id the recipient received is translated back to the
+        recipient's own original id; the writer's own original ids become the
+        relay ids the other side knows; anything else is dropped (it would
+        name the writer's domain, or another order's conversation)."""
+        is_reply_to_buyer = False
+        hostname_suffix = "@" + self.settings.relay.hostname + ">"
+
+        async def translate(ids: list[str]) -> list[str]:
+            nonlocal is_reply_to_buyer
+            out: list[str] = []
+            for mid in ids:
+                if mid.lower().endswith(hostname_suffix):
+                    row = await self.store.lookup_relay_id(mid)
+                    if row is None or row["order_id"] != order.id:
+                        continue
+                    if row["direction"] == BUYER_TO_SELLER:
+                        is_reply_to_buyer = True
+                    if row["direction"] != direction and row["original_id"]:
+                        mapped = row["original_id"]
+                    else:
+                        mapped = mid
+                else:
+                    row = await self.store.lookup_original_id(order.id, mid)
+                    if row is None or row["direction"] != direction:
+                        continue
+                    mapped = row["relay_id"]
+                if mapped not in out:
+                    out.append(mapped)
+            return out
+
+        in_reply_to = await translate(message_ids_in(_header_str(message, "In-Reply-To")))
+        references = await translate(message_ids_in(_header_str(message, "References")))
+        if in_reply_to and not references:
+            references = list(in_reply_to)
+        return Threading(relay_id, tuple(in_reply_to[:1]), tuple(references[-20:])), is_reply_to_buyer
+
+    async def _context(self, recipient: Recipient, critical: bool, is_reply_to_buyer: bool) -> FilterContext:
+        order, seller = recipient.order, recipient.seller
+        assert order is not None and seller is not None
+        domain = self.settings.relay.domain
+        aliases = frozenset({f"{order.buyer_alias}@{domain}", f"{order.seller_alias}@{domain}"})
+        if recipient.direction != SELLER_TO_BUYER:
+            return FilterContext(direction=recipient.direction, order_id=order.id, seller_id=seller.id,
+                                 relay_domain=domain, own_aliases=aliases, critical=critical)
+        history = await self.store.order_history(order.id)
+        opted_out = await self.store.is_opted_out(order.buyer_address)
+        window = self.settings.filters.critical_window_days
+        since = (datetime.now(timezone.utc) - timedelta(days=window)).isoformat(timespec="milliseconds")
+        critical_sent = await self.store.critical_sent_since(seller.id, since.replace("+00:00", "Z")) \
+            if critical and opted_out else 0
+        return FilterContext(
+            direction=SELLER_TO_BUYER, order_id=order.id, seller_id=seller.id, relay_domain=domain,
+            own_aliases=aliases, critical=critical, buyer_opted_out=opted_out,
+            buyer_has_written=history["buyer_has_written"], is_reply_to_buyer=is_reply_to_buyer,
+            unsolicited_sent=history["unsolicited_sent"], critical_sent_window=critical_sent,
+            previous_fingerprints=history["previous_fingerprints"])
+
+    # ---------------------------------------------- postmaster and bounces
+
+    async def _to_postmaster(self, mail_from: str, content: bytes) -> Outcome:
+        """RFC 5321 section 4.5.1: postmaster must be accepted; it reaches the
+        operator, never a party, so it is queued as received (no rewriting)."""
+        if b"\0" in content:
+            return Outcome("550 5.6.0 The message contains NUL bytes, which SMTP does not allow.", "rejected")
+        from relay.rewrite import normalize_line_endings
+        try:
+            await self.store.enqueue_notice("",
+                                            self.settings.relay.postmaster, normalize_line_endings(content),
+                                            kind="postmaster")
+        except StorageError as exc:
+            return Outcome(storage_reply(exc), "deferred")
+        self.on_queued()
+        self.log.info("postmaster.received", size=len(content))
+        return Outcome("250 2.0.0 OK: queued for the postmaster", "accepted")
+
+    async def _bounce_received(self, mail_from: str, recipient: Recipient, content: bytes) -> Outcome:
+        """A bounce or auto-reply to one of our per-message envelope senders.
+
+        Never forwarded raw (it names the far side's real address and MTAs,
+        THREATS #38): it is recorded in the audit record; a real bounce
+        (null sender) of a message we had already handed over tells the
+        writer, neutrally, once."""
+        entry = recipient.bounce_entry
+        assert entry is not None
+        order_id = None
+        if entry.audit_id is not None:
+            row = await self.store.audit_get(entry.audit_id)
+            order_id = row["order_id"] if row else None
+        record = AuditRecord(
+            received_at=utc_now_iso(), order_id=order_id, direction="unknown", sender=mail_from,
+            recipient=recipient.address, verdict="accepted", reasons=[], findings=[],
+            subject=None, inbound=content)
+        try:
+            audit_id = await self.store.record_rejection(record)
+            is_bounce = mail_from in ("", "<>")
+            if is_bounce and entry.notify and entry.notify_alias:
+                from relay.delivery import failure_notice
+                notice = failure_notice(self.settings, entry.notify, entry.notify_alias)
+                await self.store.enqueue_notice("", entry.notify, notice)
+                self.on_queued()
+        except StorageError as exc:
+            return Outcome(storage_reply(exc), "deferred")
+        self.log.info("bounce.received", audit_id=audit_id, order=order_id, null_sender=mail_from in ("", "<>"))
+        return Outcome(f"250 2.0.0 OK: recorded as {audit_id}", "accepted", audit_id)
+
+
+# ------------------------------------------------------------ raw checks
+
+def check_raw(content: bytes, settings: Settings) -> None:
+    """Checks on the bytes before parsing (THREATS #1-5, #49)."""
+    if b"\0" in content:
+        raise MessageRefused("550 5.6.0 The message contains NUL bytes, which SMTP does not allow.", "malformed")
+    if _smuggling_terminator(content):
+        raise MessageRefused("550 5.6.0 The message contains a bare CR or LF line ending around a lone dot "
+                             "(an SMTP smuggling pattern).", "malformed")
+    header_end = _header_block_end(content)
+    header = content[:header_end]
+    if len(header) > settings.limits.header_total:
+        raise MessageRefused(f"552 5.3.4 The message header exceeds {settings.limits.header_total} octets.",
+                             "malformed")
+    field_size = 0
+    for line in header.replace(b"\r\n", b"\n").split(b"\n"):
+        if line[:1] in (b" ", b"\t"):
+            field_size += len(line)
+        else:
+            field_size = len(line)
+        if field_size > settings.limits.header_field:
+            raise MessageRefused(f"552 5.3.4 A header field exceeds {settings.limits.header_field} octets.",
+                                 "malformed")
+
+
+_FAKE_TERMINATORS = re.compile(rb"(?:^|\r\n|\r|\n)\.(?:\r(?!\n)|(?<!\r)\n)|(?:\r(?!\n)|(?<!\r)\n)\.\r\n")
+
+
+def _smuggling_terminator(content: bytes) -> bool:
+    """A lone dot with a non-CRLF line ending on either side: `\\n.\\r\\n`,
+    `\\r.\\r`, `\\r\\n.\\n` and the rest of smtpsmug's list."""
+    if b"." not in content:
+        return False
+    if b"\r\n" in content and b"\n" not in content.replace(b"\r\n", b"") and \
+            b"\r" not in content.replace(b"\r\n", b""):
+        return False  # only CRLF: aiosmtpd already split on the real terminator
+    return _FAKE_TERMINATORS.search(content) is not None
+
+
+def _header_block_end(content: bytes) -> int:
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        pos = content.find(sep)
+        if pos != -1:
+            return pos
+    return len(content)
+
+
+async def _parse(content: bytes) -> EmailMessage:
+    parser = BytesParser(policy=PARSE_POLICY)
+    if len(content) > 256 * 1024:
+        return await asyncio.get_running_loop().run_in_executor(None, parser.parsebytes, content)
+    return parser.parsebytes(content)
+
+
+async def _rewrite(message: EmailMessage, parties: Parties, threading: Threading,
+                   redactions: tuple[tuple[str, str], ...], size: int) -> RewriteResult:
+    if size > 256 * 1024:
+        return await asyncio.get_running_loop().run_in_executor(
+            None, rewrite_message, message, parties, threading, redactions)
+    return rewrite_message(message, parties, threading, redactions)
+
+
+def check_structure(message: EmailMessage, settings: Settings) -> None:
+    """Refuse what cannot be rewritten faithfully (THREATS #47, #50-52)."""
+    if message.get(LOOP_HEADER, "").strip().lower() == settings.relay.hostname:
+        raise MessageRefused("554 5.4.6 Mail loop detected: this message already passed through the relay.",
+                             "loop")
+    depth = _depth(message, 0, settings.limits.mime_depth)
+    if depth > settings.limits.mime_depth:
+        raise MessageRefused(f"554 5.6.0 The message nests MIME parts deeper than {settings.limits.mime_depth} "
+                             "levels.", "malformed")
+    for name in ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID"):
+        if len(message.get_all(name, [])) > 1:
+            raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
+                                 "malformed")
+
+
+def _depth(part: EmailMessage, level: int, limit: int) -> int:
+    if level > limit or not part.is_multipart():
+        return level
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        return level
+    return max((_depth(p, level + 1, limit) for p in payload), default=level)
+
+
+def _header_from_authorized(message: EmailMessage, allowed: tuple[str, ...]) -> bool:
+    """Header From must be one mailbox, parsed without defects (CVE-2023-27043),
+    that belongs to the authorised party."""
+    try:
+        header = message["From"]
+        if header is None or header.defects:
+            return False
+        addresses = header.addresses
+        if len(addresses) != 1 or not addresses[0].addr_spec:
+            return False
+        return normalize_address(addresses[0].addr_spec) in allowed
+    except (AddressError, Exception):
+        return False
+
+
+def _safe_subject(message: EmailMessage) -> str:
+    try:
+        from relay.rewrite import clean_header_text
+        return clean_header_text(str(message.get("Subject", "") or ""))[:900]
+    except Exception:
+        return ""
+
+
+def _header_str(message: EmailMessage, name: str) -> str:
+    try:
+        return str(message.get(name, "") or "")
+    except Exception:
+        return ""
+
+
+def _finding_dict(f: Finding) -> dict[str, str]:
+    return {"code": f.code, "fragment": f.fragment[:200], "location": f.location}
+
+
+def _normalized_or_none(address: str) -> str | None:
+    try:
+        return normalize_address(address)
+    except AddressError:
+        return None
+
+
+def _canonical_domain(domain: str) -> str:
+    """Lowercase, IDNA to ASCII; a trailing dot is not stripped (it is an error)."""
+    domain = domain.lower()
+    if domain.startswith("[") or not domain:
+        return domain
+    try:
+        return domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        return domain

@@ -1,0 +1,473 @@
+"""Rewriting: the message the other side receives, with no trace of the writer.
+
+The outgoing message is *regenerated*, never patched: headers come from an
+allowlist and are re-created from cleaned values (so an encoded newline cannot
+become a header, CVE-2024-6923, and a comment or display name cannot carry an
+address, THREATS #45-46); every text part is decoded (any transfer encoding,
+any charset), scrubbed of both parties' real addresses in every spelling we
+know (`%40`, `&#64;`, zero-width characters, `[at]`), and re-encoded only if
+something changed, so untouched parts stay byte-identical.  Parts that cannot
+be inspected are stripped (signatures and keys that name the address, TNEF) or
+refused (encrypted content).
+
+The serialiser is our own and small: structure (boundaries, part headers and
+bodies) is written explicitly, preamble and epilogue are dropped (they can
+hold text no client shows, THREATS #51), header lines are folded by the
+stdlib's SMTP policy, and every line ends in CRLF and stays within 998 octets.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from dataclasses import dataclass, field
+from email import policy
+from email.message import EmailMessage
+from email.utils import formataddr, getaddresses
+
+from relay.filters.base import Attachment, TextPart
+
+OUT_POLICY = policy.SMTP.clone(max_line_length=78, refold_source="all")
+MAX_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
+
+# Top-level headers that survive, re-created from cleaned values.  Everything
+# else (Received, Reply-To, Sender, DKIM, ARC, Autocrypt, X-*, List-*, ...) is
+# dropped: an allowlist, not a blocklist.
+KEPT_TOP_HEADERS = ("Subject", "Date", "Content-Language", "Auto-Submitted", "Importance")
+# Per-part headers that describe structure; their parameters are scrubbed.
+KEPT_PART_HEADERS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Content-ID",
+                     "Content-Description", "Content-Language")
+# Headers kept inside a forwarded message/rfc822 (its own headers are content).
+KEPT_NESTED_HEADERS = ("From", "To", "Cc", "Date", "Subject")
+NESTED_ADDRESS_HEADERS = ("From", "To", "Cc")
+
+LOOP_HEADER = "X-Relay-Loop"
+
+TEXTUAL_TYPES = {"application/ics", "application/x-vcard", "application/vcard", "application/json",
+                 "application/xml", "message/delivery-status", "message/disposition-notification"}
+# Identity-bearing parts that cannot be rewritten without breaking them, and
+# that a reader does not need: the certificate or key names the real address.
+STRIPPED_TYPES = {"application/pkcs7-signature", "application/x-pkcs7-signature", "application/pgp-keys",
+                  "application/pgp-signature", "application/ms-tnef", "application/vnd.ms-tnef"}
+ENCRYPTED_TYPES = {"multipart/encrypted", "application/pgp-encrypted"}
+
+PGP_BLOCK = re.compile(
+    r"-----BEGIN PGP (PUBLIC KEY BLOCK|SIGNATURE)-----.*?-----END PGP \1-----", re.DOTALL)
+PGP_SIGNED_HEADER = re.compile(r"-----BEGIN PGP SIGNED MESSAGE-----\r?\n(?:Hash:[^\n]*\n)*\r?\n?")
+
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+
+
+class RewriteError(Exception):
+    """The message cannot be relayed safely; `reply` is the SMTP answer."""
+
+    def __init__(self, reply: str):
+        super().__init__(reply)
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class Parties:
+    """Who writes, who reads, and the alias each one is known by."""
+
+    sender_addresses: tuple[str, ...]  # all real addresses of the writing side
+    sender_alias: str  # full address shown in From
+    sender_display: str  # display name shown in From
+    recipient_addresses: tuple[str, ...]  # real addresses of the reading side; [0] receives it
+    recipient_alias: str  # the alias the message was written to
+    hostname: str  # relay hostname, for the loop guard
+
+
+@dataclass(frozen=True)
+class Threading:
+    message_id: str  # "<id@relay-hostname>"
+    in_reply_to: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+
+
+@dataclass
+class RewriteResult:
+    data: bytes
+    parts: list[TextPart] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
+    subject: str = ""
+
+
+# ------------------------------------------------------------------ scrubbing
+
+def _address_regex(address: str) -> str:
+    """A pattern for one address in every spelling a mail client or a person
+    might produce: any case, zero-width characters between letters, `@` as
+    `%40`/`&#64;`/`&#x40;`/`&commat;`/`[at]`/` at `, `.` as `%2e`/`&#46;`."""
+    local, _, domain = address.rpartition("@")
+    gap = f"[{ZERO_WIDTH}]*"
+    at = (r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|\uff20|\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+)")
+    dot = r"(?:\.|%2e|&#0*46;|&#x0*2e;|&period;|\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+)"
+
+    def chars(text: str) -> str:
+        out = []
+        for ch in text:
+            out.append(dot if ch == "." else re.escape(ch))
+        return gap.join(out)
+
+    domains = [chars(domain)]
+    try:
+        if "xn--" in domain:
+            domains.append(chars(domain.encode("ascii").decode("idna")))
+    except UnicodeError:
+        pass
+    domain_alt = "|".join(domains)
+    return (rf"(?<![\w.%+\-]){chars(local)}{gap}{at}{gap}(?:{domain_alt})(?![\w\-]|\.[\w])")
+
+
+class Scrubber:
+    """Replace each known real address by its alias, in one regex pass."""
+
+    def __init__(self, replacements: dict[str, str]):
+        self.replacements = {k.lower(): v for k, v in replacements.items() if k}
+        keys = sorted(self.replacements, key=len, reverse=True)
+        self._aliases = [self.replacements[k] for k in keys]
+        if keys:
+            pattern = "|".join(f"(?P<a{i}>{_address_regex(k)})" for i, k in enumerate(keys))
+            self._regex: re.Pattern | None = re.compile(pattern, re.IGNORECASE)
+        else:
+            self._regex = None
+        self._needles = [k.encode("ascii", "ignore") for k in keys]
+
+    def text(self, value: str) -> str:
+        if self._regex is None or not value:
+            return value
+        return self._regex.sub(lambda m: self._aliases[int(m.lastgroup[1:])], value)
+
+    def found_in_bytes(self, data: bytes) -> bool:
+        """Does a binary blob hold a real address (ASCII or UTF-16)?"""
+        low = data.lower()
+        for needle in self._needles:
+            if needle in low or needle.decode().encode("utf-16-le") in low:
+                return True
+        return False
+
+
+def clean_header_text(value: str) -> str:
+    """Collapse anything that decodes to a line break or control character:
+    a header value we write can never start a new header line."""
+    value = re.sub(r"[\r\n\t\v\f]+", " ", value)
+    return "".join(ch for ch in value if ord(ch) >= 32 and ord(ch) != 127).strip()
+
+
+def _header_line(name: str, value: str) -> bytes:
+    value = clean_header_text(value)
+    try:
+        folded = OUT_POLICY.fold_binary(name, value)
+    except Exception:
+        folded = OUT_POLICY.fold_binary(name, value.encode("ascii", "replace").decode())
+    return folded
+
+
+# -------------------------------------------------------------- serialising
+
+class _Writer:
+    def __init__(self, scrubber: Scrubber, redactions: tuple[tuple[str, str], ...]):
+        self.scrubber = scrubber
+        self.redactions = redactions
+        self.parts: list[TextPart] = []
+        self.attachments: list[Attachment] = []
+
+    def scrub_text(self, text: str) -> str:
+        text = self.scrubber.text(text)
+        for fragment, marker in self.redactions:
+            if fragment:
+                text = text.replace(fragment, marker)
+        return text
+
+    # A part is a list of header lines and a body; both are returned as bytes.
+    def part(self, part: EmailMessage, depth: int) -> tuple[list[bytes], bytes]:
+        ctype = part.get_content_type()
+        if ctype in ENCRYPTED_TYPES or (ctype == "application/pkcs7-mime"
+                                         and "enveloped" in (part.get_param("smime-type") or "")):
+            raise RewriteError("550 5.7.1 [unscannable] Encrypted content cannot be checked for personal "
+                               "addresses; send the message unencrypted.")
+        if ctype == "multipart/signed":
+            children = list(part.iter_parts()) if part.is_multipart() else []
+            if children:
+                # The signature names the signer's address and would not verify
+                # after rewriting anyway: relay the signed content alone.
+                return self.part(children[0], depth + 1)
+        if part.is_multipart() and ctype.startswith("multipart/"):
+            return self._multipart(part, depth)
+        if ctype in ("message/rfc822", "message/global") and part.is_multipart():
+            return self._nested_message(part, depth)
+        return self._leaf(part)
+
+    def part_headers(self, part: EmailMessage, drop_cte: bool = False, new_cte: str | None = None) -> list[bytes]:
+        lines: list[bytes] = []
+        holder = EmailMessage(policy=OUT_POLICY)
+        for name in KEPT_PART_HEADERS:
+            if name == "Content-Transfer-Encoding":
+                continue
+            value = part.get(name)
+            if value is None:
+                continue
+            if name in ("Content-Type", "Content-Disposition"):
+                self._copy_structured(part, holder, name)
+            else:
+                holder[name] = clean_header_text(self.scrub_text(str(value)))
+        cte = new_cte or (None if drop_cte else part.get("Content-Transfer-Encoding"))
+        if cte:
+            holder["Content-Transfer-Encoding"] = clean_header_text(str(cte)).lower()
+        for name, value in holder.items():
+            lines.append(_header_line(name, str(value)))
+        return lines
+
+    def _copy_structured(self, source: EmailMessage, holder: EmailMessage, name: str) -> None:
+        """Re-create Content-Type / Content-Disposition with scrubbed parameters
+        (an RFC 2231 filename can spell the real address)."""
+        if name == "Content-Type":
+            main = source.get_content_type()
+            params = source.get_params(header=name) or []
+        else:
+            main = (source.get_content_disposition() or "attachment")
+            params = source.get_params(header=name) or []
+        holder[name] = main
+        for key, value in params[1:]:
+            key = clean_header_text(str(key)).lower()
+            if not key or not re.fullmatch(r"[a-z0-9!#$&^_.+\-]+", key):
+                continue
+            if isinstance(value, tuple):  # RFC 2231 (charset, language, value)
+                from email.utils import collapse_rfc2231_value
+                value = collapse_rfc2231_value(value)
+            text = clean_header_text(self.scrub_text(str(value)))
+            holder.set_param(key, text, header=name)
+
+    def _multipart(self, part: EmailMessage, depth: int) -> tuple[list[bytes], bytes]:
+        children: list[tuple[list[bytes], bytes]] = []
+        for child in part.iter_parts():
+            ctype = child.get_content_type()
+            if ctype in STRIPPED_TYPES:
+                continue
+            children.append(self.part(child, depth + 1))
+        if not children:
+            children.append(([_header_line("Content-Type", "text/plain; charset=us-ascii")], b""))
+        boundary = "=_relay_" + secrets.token_hex(12)
+        headers = self.part_headers(part, drop_cte=True)
+        headers = [h for h in headers if not h.lower().startswith(b"content-type")]
+        ctype_holder = EmailMessage(policy=OUT_POLICY)
+        self._copy_structured(part, ctype_holder, "Content-Type")
+        ctype_holder.set_param("boundary", boundary)
+        headers.insert(0, _header_line("Content-Type", str(ctype_holder["Content-Type"])))
+        body = bytearray()
+        for child_headers, child_body in children:
+            body += b"--" + boundary.encode() + b"\r\n"
+            body += b"".join(child_headers) + b"\r\n" + child_body
+            if not child_body.endswith(b"\n"):
+                body += b"\r\n"
+        body += b"--" + boundary.encode() + b"--\r\n"
+        return headers, bytes(body)
+
+    def _nested_message(self, part: EmailMessage, depth: int) -> tuple[list[bytes], bytes]:
+        inner = part.get_payload(0)
+        headers = self.part_headers(part, drop_cte=True)
+        inner_top = self.nested_headers(inner)
+        inner_headers, inner_body = self.part(inner, depth + 1)
+        return headers, b"".join(inner_top) + b"".join(inner_headers) + b"\r\n" + inner_body
+
+    def nested_headers(self, inner: EmailMessage) -> list[bytes]:
+        lines = []
+        for name in KEPT_NESTED_HEADERS:
+            value = inner.get(name)
+            if value is None:
+                continue
+            if name in NESTED_ADDRESS_HEADERS:
+                pairs = getaddresses([str(v) for v in inner.get_all(name, [])])
+                rendered = ", ".join(
+                    formataddr((clean_header_text(self.scrub_text(n)), self.scrub_text(a))) if a else ""
+                    for n, a in pairs)
+                rendered = ", ".join(p for p in rendered.split(", ") if p)
+                if rendered:
+                    lines.append(_header_line(name, rendered))
+            else:
+                lines.append(_header_line(name, self.scrub_text(str(value))))
+        lines.append(_header_line("MIME-Version", "1.0"))
+        return lines
+
+    def _leaf(self, part: EmailMessage) -> tuple[list[bytes], bytes]:
+        ctype = part.get_content_type()
+        raw = _raw_payload(part)
+        cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+        filename = part.get_filename()
+        try:
+            decoded = part.get_payload(decode=True) or b""
+        except Exception:
+            decoded = raw
+        if ctype.startswith("text/") or ctype in TEXTUAL_TYPES:
+            return self._text_leaf(part, ctype, raw, cte, decoded, filename)
+        if self.scrubber.found_in_bytes(decoded):
+            name = clean_header_text(self.scrub_text(filename or ctype))
+            raise RewriteError(f"550 5.7.1 [unscannable] The attachment {name[:60]} contains a personal "
+                               "email address that cannot be removed from it; remove the address or the file.")
+        self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype, decoded))
+        return self.part_headers(part), _ensure_crlf_end(raw)
+
+    def _text_leaf(self, part: EmailMessage, ctype: str, raw: bytes, cte: str, decoded: bytes,
+                   filename: str | None) -> tuple[list[bytes], bytes]:
+        charset = part.get_content_charset() or "us-ascii"
+        try:
+            text = decoded.decode(charset)
+        except (LookupError, UnicodeDecodeError):
+            charset = "utf-8"
+            text = decoded.decode("utf-8", errors="replace")
+        new_text = self.scrub_text(text)
+        if ctype == "text/plain" or ctype == "text/html":
+            new_text = _strip_pgp_blocks(new_text)
+        is_body = ctype in ("text/plain", "text/html") and not filename and \
+            part.get_content_disposition() != "attachment"
+        if is_body:
+            self.parts.append(TextPart(f"{ctype} part {len(self.parts) + 1}", ctype, new_text))
+        else:
+            self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype,
+                                               new_text.encode("utf-8")))
+        if new_text == text and cte in ("7bit", "8bit", "quoted-printable", "base64", "") and \
+                _lines_fit(raw):
+            return self.part_headers(part), _ensure_crlf_end(raw)
+        body, new_cte = _encode_text(new_text, charset, prefer_base64=(cte == "base64"))
+        headers = self.part_headers(part, new_cte=new_cte)
+        if part.get_content_charset() is None or charset != part.get_content_charset():
+            headers = _with_charset(headers, part, charset, self)
+        return headers, body
+
+
+def _with_charset(headers: list[bytes], part: EmailMessage, charset: str, writer: _Writer) -> list[bytes]:
+    holder = EmailMessage(policy=OUT_POLICY)
+    writer._copy_structured(part, holder, "Content-Type")
+    holder.set_param("charset", charset)
+    line = _header_line("Content-Type", str(holder["Content-Type"]))
+    if not any(h.lower().startswith(b"content-type:") for h in headers):
+        return [line] + headers
+    return [line if h.lower().startswith(b"content-type:") else h for h in headers]
+
+
+def _strip_pgp_blocks(text: str) -> str:
+    """Armoured keys and signatures carry the signer's user id in base64."""
+    if "-----BEGIN PGP" not in text:
+        return text
+    text = PGP_BLOCK.sub("[PGP block removed by the relay]", text)
+    return PGP_SIGNED_HEADER.sub("", text)
+
+
+def _raw_payload(part: EmailMessage) -> bytes:
+    payload = part.get_payload(decode=False)
+    if isinstance(payload, list):
+        return b""
+    if isinstance(payload, bytes):
+        return payload
+    return str(payload or "").encode("ascii", "surrogateescape")
+
+
+def _lines_fit(raw: bytes) -> bool:
+    return all(len(line.rstrip(b"\r")) <= MAX_LINE for line in raw.split(b"\n"))
+
+
+def _ensure_crlf_end(body: bytes) -> bytes:
+    if body and not body.endswith(b"\n"):
+        body += b"\r\n"
+    return body
+
+
+def _encode_text(text: str, charset: str, prefer_base64: bool) -> tuple[bytes, str]:
+    try:
+        data = text.encode(charset)
+    except (UnicodeEncodeError, LookupError):
+        data = text.encode("utf-8")
+    data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    if prefer_base64:
+        encoded = base64.encodebytes(data)
+        return encoded, "base64"
+    if all(b < 128 for b in data) and all(len(line) <= 76 for line in data.split(b"\n")):
+        return data if data.endswith(b"\n") or not data else data + b"\n", "7bit"
+    encoded = binascii.b2a_qp(data, quotetabs=False, istext=True, header=False)
+    if encoded and not encoded.endswith(b"\n"):
+        encoded += b"\n"
+    return encoded, "quoted-printable"
+
+
+# ------------------------------------------------------------------ the API
+
+def build_scrubber(parties: Parties) -> Scrubber:
+    replacements = {a: parties.sender_alias for a in parties.sender_addresses}
+    replacements.update({a: parties.recipient_alias for a in parties.recipient_addresses})
+    return Scrubber(replacements)
+
+
+def rewrite_message(message: EmailMessage, parties: Parties, threading: Threading,
+                    redactions: tuple[tuple[str, str], ...] = ()) -> RewriteResult:
+    """Produce the bytes the recipient receives, and the decoded view of them
+    that the filters judge."""
+    writer = _Writer(build_scrubber(parties), redactions)
+    subject = writer.scrub_text(str(message.get("Subject", "") or ""))
+    subject = clean_header_text(subject)[:900]
+    top: list[bytes] = [
+        _header_line("From", quoted_mailbox(parties.sender_display, parties.sender_alias)),
+        _header_line("To", parties.recipient_addresses[0]),
+    ]
+    if subject:
+        top.append(_header_line("Subject", subject))
+    for name in KEPT_TOP_HEADERS:
+        if name == "Subject":
+            continue
+        value = message.get(name)
+        if value is not None:
+            value = clean_header_text(writer.scrub_text(str(value)))
+            if value and (name != "Date" or _valid_date(message)):
+                top.append(_header_line(name, value))
+    if message.get("Date") is None or not _valid_date(message):
+        from email.utils import formatdate
+        top.append(_header_line("Date", formatdate(usegmt=True)))
+    top.append(_header_line("Message-ID", threading.message_id))
+    if threading.in_reply_to:
+        top.append(_header_line("In-Reply-To", " ".join(threading.in_reply_to)))
+    if threading.references:
+        top.append(_header_line("References", " ".join(threading.references)))
+    top.append(_header_line(LOOP_HEADER, parties.hostname))
+    top.append(_header_line("MIME-Version", "1.0"))
+    headers, body = writer.part(message, depth=0)
+    data = b"".join(top) + b"".join(headers) + b"\r\n" + body
+    data = normalize_line_endings(data)
+    for line in data.split(b"\r\n"):
+        if len(line) > MAX_LINE:
+            raise RewriteError("554 5.6.0 The message has a line the relay cannot fold within 998 octets.")
+    return RewriteResult(data, writer.parts, writer.attachments, subject)
+
+
+def quoted_mailbox(display: str, address: str) -> str:
+    """`"Display Name" <address>` as the contract shows it (always quoted)."""
+    name = clean_header_text(display).replace("\\", "").replace('"', "'")
+    return f'"{name}" <{address}>' if name else address
+
+
+def _valid_date(message: EmailMessage) -> bool:
+    try:
+        return message["Date"].datetime is not None
+    except Exception:
+        return False
+
+
+def normalize_line_endings(data: bytes) -> bytes:
+    """Every line ends in CRLF: a stray CR or LF never reaches the next hop
+    (SMTP smuggling, THREATS #3; Postfix cleanup_replace_stray_cr_lf)."""
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def new_message_id(hostname: str) -> str:
+    return f"<{secrets.token_hex(16)}@{hostname}>"
+
+
+MSGID_TOKEN = re.compile(r"<[^<>\s]{1,250}>")
+
+
+def message_ids_in(value: str | None) -> list[str]:
+    """The <id> tokens of a Message-ID / In-Reply-To / References value."""
+    if not value:
+        return []
+    return MSGID_TOKEN.findall(str(value))[:50]

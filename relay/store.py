@@ -1,0 +1,650 @@
+"""The SQLite store: parties, orders, opt-outs, the audit record and the queue.
+
+Durability is the point of this module.  The database runs in WAL mode with
+`synchronous=FULL`, so a COMMIT returns only once the WAL is fsync'ed (a
+`synchronous=NORMAL` WAL may lose the last commits on power loss).  The SMTP
+layer answers `250` only after `accept_message` has returned, i.e. after the
+transaction holding the audit row, the Message-ID mapping and the queue entry
+has been committed.
+
+Writes go through one group-commit writer: concurrent transactions are
+batched into one SQLite transaction and share one fsync, each inside its own
+SAVEPOINT so that one failing item does not fail its neighbours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+import aiosqlite
+
+T = TypeVar("T")
+
+MIGRATIONS: list[str] = [
+    # 1: initial schema
+    """
+    CREATE TABLE sellers (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE seller_emails (
+        seller_id TEXT NOT NULL REFERENCES sellers(id),
+        address TEXT NOT NULL,            -- normalised, lowercase
+        position INTEGER NOT NULL,        -- 0 is where buyer mail is delivered
+        PRIMARY KEY (seller_id, address)
+    );
+    CREATE TABLE orders (
+        id TEXT PRIMARY KEY,
+        seller_id TEXT NOT NULL REFERENCES sellers(id),
+        buyer_address TEXT NOT NULL,
+        buyer_name TEXT,
+        buyer_alias TEXT NOT NULL UNIQUE,  -- local part the seller writes to
+        seller_alias TEXT NOT NULL UNIQUE, -- local part the buyer writes to
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE optouts (
+        address TEXT PRIMARY KEY,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        received_at TEXT NOT NULL,
+        order_id TEXT,
+        direction TEXT NOT NULL,
+        sender TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        reasons TEXT NOT NULL,            -- JSON list of reason codes
+        findings TEXT NOT NULL,           -- JSON list of {code, fragment, location}
+        critical INTEGER NOT NULL DEFAULT 0,
+        unsolicited INTEGER NOT NULL DEFAULT 0,
+        to_opted_out INTEGER NOT NULL DEFAULT 0,
+        subject TEXT,
+        fingerprint TEXT,
+        inbound BLOB,
+        outbound BLOB
+    );
+    CREATE INDEX audit_order ON audit(order_id, direction, verdict);
+    CREATE INDEX audit_critical ON audit(received_at) WHERE critical = 1 AND to_opted_out = 1;
+    CREATE TABLE message_ids (
+        relay_id TEXT PRIMARY KEY,        -- the id we gave the message, on our hostname
+        original_id TEXT,                 -- the id the writer's client gave it
+        order_id TEXT NOT NULL,
+        direction TEXT NOT NULL,
+        audit_id INTEGER NOT NULL
+    );
+    CREATE INDEX message_ids_original ON message_ids(order_id, original_id);
+    CREATE TABLE queue (
+        id INTEGER PRIMARY KEY,
+        audit_id INTEGER,                 -- null for bounces and notices
+        kind TEXT NOT NULL,               -- relay | bounce | postmaster
+        mail_from TEXT NOT NULL,
+        rcpt_to TEXT NOT NULL,
+        message BLOB,                     -- null: the audit row's outbound bytes
+        bounce_token TEXT UNIQUE,
+        notify TEXT,                      -- where a failure notice goes (real sender)
+        notify_alias TEXT,                -- the alias the failure notice may name
+        state TEXT NOT NULL,              -- queued | deferred | delivered | failed
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        next_attempt REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        last_error TEXT
+    );
+    CREATE INDEX queue_due ON queue(next_attempt) WHERE state IN ('queued', 'deferred');
+    CREATE INDEX queue_audit ON queue(audit_id);
+    """,
+]
+
+
+class StorageError(Exception):
+    """The store could not do what was asked; `full` tells disk-full apart."""
+
+    def __init__(self, message: str, full: bool = False):
+        super().__init__(message)
+        self.full = full
+
+
+class NotFound(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Seller:
+    id: str
+    name: str
+    emails: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Order:
+    id: str
+    seller_id: str
+    buyer_address: str
+    buyer_name: str | None
+    buyer_alias: str
+    seller_alias: str
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    id: int
+    audit_id: int | None
+    kind: str
+    mail_from: str
+    rcpt_to: str
+    state: str
+    attempts: int
+    created_at: float
+    next_attempt: float
+    last_error: str | None
+    notify: str | None
+    notify_alias: str | None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What one exchange leaves in the audit record (accepted or rejected)."""
+
+    received_at: str
+    order_id: str | None
+    direction: str
+    sender: str
+    recipient: str
+    verdict: str
+    reasons: list[str]
+    findings: list[dict[str, str]]
+    critical: bool = False
+    unsolicited: bool = False
+    to_opted_out: bool = False
+    subject: str | None = None
+    fingerprint: str | None = None
+    inbound: bytes | None = None
+    outbound: bytes | None = None
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _storage_error(exc: BaseException) -> StorageError:
+    text = str(exc).lower()
+    full = "full" in text or getattr(exc, "errno", None) == 28
+    return StorageError(str(exc), full=full)
+
+
+class Store:
+    """Async access to the SQLite file. Open with `await Store.open(path)`."""
+
+    def __init__(self, path: str, writer: aiosqlite.Connection, reader: aiosqlite.Connection):
+        self.path = path
+        self._writer = writer
+        self._reader = reader
+        self._pending: list[tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future]] = []
+        self._wake = asyncio.Event()
+        self._writer_task: asyncio.Task | None = None
+        self._closed = False
+
+    # ---------------------------------------------------------------- opening
+
+    @classmethod
+    async def open(cls, path: str) -> "Store":
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            writer = await aiosqlite.connect(path, isolation_level=None, timeout=10)
+            await cls._configure(writer)
+            await cls._migrate(writer)
+            reader = await aiosqlite.connect(path, isolation_level=None, timeout=10)
+            await cls._configure(reader)
+        except (sqlite3.Error, OSError) as exc:
+            raise _storage_error(exc) from exc
+        store = cls(path, writer, reader)
+        store._writer_task = asyncio.get_running_loop().create_task(store._write_loop())
+        return store
+
+    @staticmethod
+    async def _configure(conn: aiosqlite.Connection) -> None:
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA busy_timeout = 10000")
+        mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
+        if mode[0].lower() != "wal":
+            raise sqlite3.OperationalError(f"cannot switch {mode[0]} journal to WAL")
+        await conn.execute("PRAGMA synchronous = FULL")
+        await conn.execute("PRAGMA foreign_keys = ON")
+
+    @staticmethod
+    async def _migrate(conn: aiosqlite.Connection) -> None:
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = (await (await conn.execute("PRAGMA user_version")).fetchone())[0]
+            if version > len(MIGRATIONS):
+                raise sqlite3.OperationalError(
+                    f"the store has schema version {version}, newer than this relay knows ({len(MIGRATIONS)})")
+            for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                for statement in _split_sql(script):
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version = {number}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer_task:
+            self._wake.set()
+            self._writer_task.cancel()
+            try:
+                await self._writer_task
+            except asyncio.CancelledError:
+                pass
+        for conn in (self._writer, self._reader):
+            try:
+                await conn.close()
+            except Exception:
+                pass
+
+    # ---------------------------------------------------------- group commit
+
+    async def transact(self, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `work` inside a committed transaction; return once it is durable."""
+        if self._closed:
+            raise StorageError("the store is closed")
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self._pending.append((work, future))
+        self._wake.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._commit_batch(batch)
+
+    async def _commit_batch(self, batch: list[tuple[Callable, asyncio.Future]]) -> None:
+        db = self._writer
+        outcomes: list[tuple[asyncio.Future, Any, BaseException | None]] = []
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            for work, future in batch:
+                await db.execute("SAVEPOINT item")
+                try:
+                    result = await work(db)
+                except (sqlite3.IntegrityError, ValueError, NotFound) as exc:
+                    await db.execute("ROLLBACK TO item")
+                    await db.execute("RELEASE item")
+                    outcomes.append((future, None, exc))
+                else:
+                    await db.execute("RELEASE item")
+                    outcomes.append((future, result, None))
+            await db.execute("COMMIT")
+        except BaseException as exc:  # the whole batch failed: nobody gets a 250
+            try:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+            except Exception:
+                pass
+            error = _storage_error(exc) if isinstance(exc, (sqlite3.Error, OSError)) else exc
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else StorageError(str(error)))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for future, result, error in outcomes:
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        try:
+            async with self._reader.execute(sql, tuple(params)) as cursor:
+                return list(await cursor.fetchall())
+        except (sqlite3.Error, OSError) as exc:
+            raise _storage_error(exc) from exc
+
+    async def _read_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._read(sql, params)
+        return rows[0] if rows else None
+
+    # --------------------------------------------------------------- parties
+
+    async def add_seller(self, seller_id: str, name: str, emails: list[str]) -> Seller:
+        """Register a seller, or replace its name and approved addresses."""
+
+        async def work(db: aiosqlite.Connection) -> Seller:
+            await db.execute(
+                "INSERT INTO sellers (id, name, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET name = excluded.name",
+                (seller_id, name, utc_now_iso()),
+            )
+            await db.execute("DELETE FROM seller_emails WHERE seller_id = ?", (seller_id,))
+            await db.executemany(
+                "INSERT INTO seller_emails (seller_id, address, position) VALUES (?, ?, ?)",
+                [(seller_id, address, i) for i, address in enumerate(emails)],
+            )
+            return Seller(seller_id, name, tuple(emails))
+
+        return await self.transact(work)
+
+    async def get_seller(self, seller_id: str) -> Seller | None:
+        row = await self._read_one("SELECT id, name FROM sellers WHERE id = ?", (seller_id,))
+        if row is None:
+            return None
+        emails = await self._read(
+            "SELECT address FROM seller_emails WHERE seller_id = ? ORDER BY position", (seller_id,))
+        return Seller(row["id"], row["name"], tuple(r["address"] for r in emails))
+
+    async def open_order(self, order_id: str, seller_id: str, buyer: str, buyer_name: str | None,
+                         mint: Callable[[], str]) -> Order:
+        """Create the order with two fresh aliases, or return the existing one.
+
+        Opening an order again with the same seller and buyer is idempotent;
+        with a different seller or buyer it is refused (ValueError), since the
+        aliases already handed out must keep meaning the same two parties.
+        """
+
+        async def work(db: aiosqlite.Connection) -> Order:
+            async with db.execute("SELECT * FROM orders WHERE id = ?", (order_id,)) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                order = _order(row)
+                if order.seller_id != seller_id or order.buyer_address != buyer:
+                    raise ValueError(f"order {order_id} is already open for another seller or buyer")
+                if buyer_name is not None and buyer_name != order.buyer_name:
+                    await db.execute("UPDATE orders SET buyer_name = ? WHERE id = ?", (buyer_name, order_id))
+                    order = Order(**{**order.__dict__, "buyer_name": buyer_name})
+                return order
+            async with db.execute("SELECT 1 FROM sellers WHERE id = ?", (seller_id,)) as cur:
+                if await cur.fetchone() is None:
+                    raise NotFound(f"unknown seller {seller_id}")
+            buyer_alias, seller_alias = mint(), mint()
+            await db.execute(
+                "INSERT INTO orders (id, seller_id, buyer_address, buyer_name, buyer_alias, seller_alias, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (order_id, seller_id, buyer, buyer_name, buyer_alias, seller_alias, utc_now_iso()),
+            )
+            return Order(order_id, seller_id, buyer, buyer_name, buyer_alias, seller_alias)
+
+        return await self.transact(work)
+
+    async def get_order(self, order_id: str) -> Order | None:
+        row = await self._read_one("SELECT * FROM orders WHERE id = ?", (order_id,))
+        return _order(row) if row else None
+
+    async def find_alias(self, local: str) -> tuple[Order, str] | None:
+        """Exact lookup of an alias local part: (order, "buyer" | "seller")."""
+        row = await self._read_one(
+            "SELECT *, 'buyer' AS role FROM orders WHERE buyer_alias = ? "
+            "UNION ALL SELECT *, 'seller' AS role FROM orders WHERE seller_alias = ?",
+            (local, local),
+        )
+        if row is None:
+            return None
+        return _order(row), row["role"]
+
+    # -------------------------------------------------------------- opt-outs
+
+    async def optout_add(self, address: str) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            await db.execute("INSERT OR IGNORE INTO optouts (address, created_at) VALUES (?, ?)",
+                             (address, utc_now_iso()))
+
+        await self.transact(work)
+
+    async def optout_remove(self, address: str) -> bool:
+        async def work(db: aiosqlite.Connection) -> bool:
+            cur = await db.execute("DELETE FROM optouts WHERE address = ?", (address,))
+            return cur.rowcount > 0
+
+        return await self.transact(work)
+
+    async def optout_list(self) -> list[str]:
+        return [r["address"] for r in await self._read("SELECT address FROM optouts ORDER BY address")]
+
+    async def is_opted_out(self, address: str) -> bool:
+        return await self._read_one("SELECT 1 FROM optouts WHERE address = ?", (address,)) is not None
+
+    # ------------------------------------------------- facts for the filters
+
+    async def order_history(self, order_id: str) -> dict[str, Any]:
+        """What the over-messaging rules need to know about an order."""
+        buyer_wrote = await self._read_one(
+            "SELECT 1 FROM audit WHERE order_id = ? AND direction = 'buyer_to_seller' AND verdict = 'accepted' LIMIT 1",
+            (order_id,))
+        unsolicited = await self._read_one(
+            "SELECT COUNT(*) AS n FROM audit WHERE order_id = ? AND direction = 'seller_to_buyer' "
+            "AND verdict = 'accepted' AND unsolicited = 1", (order_id,))
+        prints = await self._read(
+            "SELECT fingerprint FROM audit WHERE order_id = ? AND direction = 'seller_to_buyer' "
+            "AND verdict = 'accepted' AND fingerprint IS NOT NULL", (order_id,))
+        return {
+            "buyer_has_written": buyer_wrote is not None,
+            "unsolicited_sent": unsolicited["n"],
+            "previous_fingerprints": frozenset(r["fingerprint"] for r in prints),
+        }
+
+    async def critical_sent_since(self, seller_id: str, since_iso: str) -> int:
+        row = await self._read_one(
+            "SELECT COUNT(*) AS n FROM audit a JOIN orders o ON o.id = a.order_id "
+            "WHERE a.critical = 1 AND a.to_opted_out = 1 AND a.verdict = 'accepted' "
+            "AND a.direction = 'seller_to_buyer' AND a.received_at >= ? AND o.seller_id = ?",
+            (since_iso, seller_id))
+        return row["n"]
+
+    async def lookup_relay_id(self, relay_id: str) -> sqlite3.Row | None:
+        return await self._read_one("SELECT * FROM message_ids WHERE relay_id = ?", (relay_id,))
+
+    async def lookup_original_id(self, order_id: str, original_id: str) -> sqlite3.Row | None:
+        return await self._read_one(
+            "SELECT * FROM message_ids WHERE order_id = ? AND original_id = ? ORDER BY audit_id DESC LIMIT 1",
+            (order_id, original_id))
+
+    # ------------------------------------------------------ audit and queue
+
+    async def record_rejection(self, record: AuditRecord) -> int:
+        async def work(db: aiosqlite.Connection) -> int:
+            return await _insert_audit(db, record)
+
+        return await self.transact(work)
+
+    async def accept_message(self, record: AuditRecord, relay_id: str, original_id: str | None,
+                             mail_from: str, rcpt_to: str, bounce_token: str, notify: str | None,
+                             notify_alias: str | None, kind: str = "relay") -> tuple[int, int]:
+        """Commit audit row + Message-ID mapping + queue entry together.
+
+        Returns (audit id, queue id) once durable; only then may the SMTP
+        layer answer 250.
+        """
+
+        async def work(db: aiosqlite.Connection) -> tuple[int, int]:
+            audit_id = await _insert_audit(db, record)
+            if record.order_id is not None:
+                await db.execute(
+                    "INSERT INTO message_ids (relay_id, original_id, order_id, direction, audit_id) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (relay_id, original_id, record.order_id, record.direction, audit_id))
+            now = time.time()
+            cur = await db.execute(
+                "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, "
+                "state, created_at, next_attempt, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, now, now, now))
+            return audit_id, cur.lastrowid
+
+        return await self.transact(work)
+
+    async def enqueue_notice(self, mail_from: str, rcpt_to: str, message: bytes, kind: str = "bounce") -> int:
+        """Queue a message of our own (a failure notice); never bounced itself."""
+
+        async def work(db: aiosqlite.Connection) -> int:
+            now = time.time()
+            cur = await db.execute(
+                "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, message, state, created_at, "
+                "next_attempt, updated_at) VALUES (NULL, ?, ?, ?, ?, 'queued', ?, ?, ?)",
+                (kind, mail_from, rcpt_to, message, now, now, now))
+            return cur.lastrowid
+
+        return await self.transact(work)
+
+    async def audit_list(self, order_id: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT a.id, a.received_at, a.order_id, a.direction, a.sender, a.recipient, a.verdict, "
+            "a.reasons, a.findings, a.critical, a.subject, "
+            "(SELECT q.state FROM queue q WHERE q.audit_id = a.id ORDER BY q.id LIMIT 1) AS delivery "
+            "FROM audit a"
+        )
+        params: list[Any] = []
+        if order_id is not None:
+            sql += " WHERE a.order_id = ?"
+            params.append(order_id)
+        sql += " ORDER BY a.id"
+        if limit:
+            sql += " LIMIT ?"
+            params.append(limit)
+        return [_audit_dict(r) for r in await self._read(sql, params)]
+
+    async def audit_get(self, audit_id: int) -> sqlite3.Row | None:
+        return await self._read_one("SELECT * FROM audit WHERE id = ?", (audit_id,))
+
+    async def queue_list(self) -> list[QueueEntry]:
+        rows = await self._read("SELECT * FROM queue ORDER BY id")
+        return [_queue_entry(r) for r in rows]
+
+    async def queue_due(self, now: float, limit: int = 100, exclude: Iterable[int] = ()) -> list[QueueEntry]:
+        skip = tuple(exclude)
+        sql = "SELECT * FROM queue WHERE state IN ('queued', 'deferred') AND next_attempt <= ?"
+        if skip:
+            sql += f" AND id NOT IN ({','.join('?' * len(skip))})"
+        sql += " ORDER BY next_attempt LIMIT ?"
+        return [_queue_entry(r) for r in await self._read(sql, (now, *skip, limit))]
+
+    async def queue_message(self, entry_id: int) -> bytes | None:
+        row = await self._read_one(
+            "SELECT COALESCE(q.message, a.outbound) AS data FROM queue q LEFT JOIN audit a ON a.id = q.audit_id "
+            "WHERE q.id = ?", (entry_id,))
+        return bytes(row["data"]) if row and row["data"] is not None else None
+
+    async def queue_stats(self, now: float) -> tuple[int, float]:
+        row = await self._read_one(
+            "SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM queue WHERE state IN ('queued', 'deferred')")
+        oldest = now - row["oldest"] if row["oldest"] is not None else 0.0
+        return row["n"], oldest
+
+    async def queue_retry(self, entry_id: int | None = None) -> int:
+        """Make deferred entries (or one entry, failed ones included) due now."""
+
+        async def work(db: aiosqlite.Connection) -> int:
+            now = time.time()
+            if entry_id is None:
+                cur = await db.execute(
+                    "UPDATE queue SET next_attempt = ?, updated_at = ? WHERE state IN ('queued', 'deferred')",
+                    (now, now))
+            else:
+                cur = await db.execute(
+                    "UPDATE queue SET next_attempt = ?, updated_at = ?, "
+                    "state = CASE WHEN state = 'failed' THEN 'deferred' ELSE state END "
+                    "WHERE id = ? AND state != 'delivered'", (now, now, entry_id))
+                if cur.rowcount == 0:
+                    async with db.execute("SELECT state FROM queue WHERE id = ?", (entry_id,)) as c:
+                        row = await c.fetchone()
+                    if row is None:
+                        raise NotFound(f"no queue entry {entry_id}")
+            return cur.rowcount
+
+        return await self.transact(work)
+
+    async def mark_delivered(self, entry_id: int) -> None:
+        await self._set_state(entry_id, "delivered", None, None)
+
+    async def mark_deferred(self, entry_id: int, error: str, next_attempt: float) -> None:
+        await self._set_state(entry_id, "deferred", error, next_attempt)
+
+    async def mark_failed(self, entry_id: int, error: str, notice: tuple[str, str, bytes] | None) -> None:
+        """Fail an entry and queue its failure notice in the same transaction."""
+
+        async def work(db: aiosqlite.Connection) -> None:
+            now = time.time()
+            await db.execute(
+                "UPDATE queue SET state = 'failed', last_error = ?, attempts = attempts + 1, updated_at = ? "
+                "WHERE id = ?", (error, now, entry_id))
+            if notice is not None:
+                mail_from, rcpt_to, message = notice
+                await db.execute(
+                    "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, message, state, created_at, "
+                    "next_attempt, updated_at) VALUES (NULL, 'bounce', ?, ?, ?, 'queued', ?, ?, ?)",
+                    (mail_from, rcpt_to, message, now, now, now))
+
+        await self.transact(work)
+
+    async def _set_state(self, entry_id: int, state: str, error: str | None, next_attempt: float | None) -> None:
+        async def work(db: aiosqlite.Connection) -> None:
+            now = time.time()
+            await db.execute(
+                "UPDATE queue SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ?, "
+                "next_attempt = COALESCE(?, next_attempt) WHERE id = ?",
+                (state, error, now, next_attempt, entry_id))
+
+        await self.transact(work)
+
+    async def bounce_token_entry(self, token: str) -> QueueEntry | None:
+        row = await self._read_one("SELECT * FROM queue WHERE bounce_token = ?", (token,))
+        return _queue_entry(row) if row else None
+
+
+async def _insert_audit(db: aiosqlite.Connection, r: AuditRecord) -> int:
+    cur = await db.execute(
+        "INSERT INTO audit (received_at, order_id, direction, sender, recipient, verdict, reasons, findings, "
+        "critical, unsolicited, to_opted_out, subject, fingerprint, inbound, outbound) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (r.received_at, r.order_id, r.direction, r.sender, r.recipient, r.verdict, json.dumps(r.reasons),
+         json.dumps(r.findings), int(r.critical), int(r.unsolicited), int(r.to_opted_out), r.subject,
+         r.fingerprint, r.inbound, r.outbound))
+    return cur.lastrowid
+
+
+def _order(row: sqlite3.Row) -> Order:
+    return Order(row["id"], row["seller_id"], row["buyer_address"], row["buyer_name"],
+                 row["buyer_alias"], row["seller_alias"])
+
+
+def _queue_entry(row: sqlite3.Row) -> QueueEntry:
+    return QueueEntry(row["id"], row["audit_id"], row["kind"], row["mail_from"], row["rcpt_to"], row["state"],
+                      row["attempts"], row["created_at"], row["next_attempt"], row["last_error"],
+                      row["notify"], row["notify_alias"])
+
+
+def _audit_dict(row: sqlite3.Row) -> dict[str, Any]:
+    verdict = row["verdict"]
+    return {
+        "id": row["id"],
+        "received_at": row["received_at"],
+        "order": row["order_id"],
+        "direction": row["direction"],
+        "sender": row["sender"],
+        "recipient": row["recipient"],
+        "verdict": verdict,
+        "reasons": json.loads(row["reasons"]),
+        "findings": json.loads(row["findings"]),
+        "critical": bool(row["critical"]),
+        "subject": row["subject"],
+        "delivery": row["delivery"] if verdict == "accepted" else None,
+    }
+
+
+def _split_sql(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
