@@ -73,7 +73,9 @@ class RelayHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
-        if address and _address_defect(address):
+        # "<>" is the null reverse-path (RFC 5321 section 4.5.5), kept as is
+        # because aiosmtpd treats an empty mail_from as "no MAIL yet".
+        if address and address != "<>" and _address_defect(address):
             return "553 5.1.7 The sender address is malformed"
         # DSN parameters (NOTIFY, ORCPT, RET, ENVID) are accepted and never
         # forwarded: far-side reports would name real addresses (THREATS #32).

@@ -1,0 +1,159 @@
+"""Each row of the contract's SMTP table, and the envelope attacks of THREATS C/D."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import smtplib
+
+import pytest
+
+from relay.pipeline import UNKNOWN_ALIAS
+from relay.server import INTERNAL_ERROR, RelayHandler
+from smtp_dialogue import RawSMTP
+
+CLEAN = "From: {frm}\r\nTo: {to}\r\nSubject: Parcel\r\n\r\nYour parcel leaves tomorrow.\r\n"
+
+
+def session(relay) -> RawSMTP:
+    s = RawSMTP(*relay.mx)
+    assert s.cmd("EHLO client.test").startswith("250")
+    return s
+
+
+async def test_banner_names_no_software_or_version(relay):
+    with RawSMTP(*relay.mx) as s:
+        assert re.fullmatch(r"220 mx\.relay\.example ESMTP ready", s.banner)
+        ehlo = s.cmd("EHLO client.test")
+    assert "python" not in (s.banner + ehlo).lower()
+    assert "SIZE 26214400" in ehlo
+
+
+async def test_foreign_domain_is_never_relayed(relay):
+    with session(relay) as s:
+        assert s.cmd("MAIL FROM:<>").startswith("250")
+        assert s.cmd("RCPT TO:<victim@external.example>").startswith("550 5.7.1")
+        assert s.cmd("RCPT TO:<victim@relay.example.external.example>").startswith("550 5.7.1")
+
+
+async def test_unknown_aliases_get_one_identical_reply(scenario):
+    relay = scenario.relay
+    replies = set()
+    with session(relay) as s:
+        s.cmd(f"MAIL FROM:<{scenario.seller_email}>")
+        for local in ("zzzzzzzzzzzzzzzzzz", "nobody", "a" * 64, scenario.buyer_alias.split("@")[0][:-1] + "x",
+                      "bounces-00112233445566778899aabb", "victim%external.example",
+                      "external.example!victim", '"victim@external.example"'):
+            replies.add(s.cmd(f"RCPT TO:<{local}@relay.example>"))
+    assert replies == {UNKNOWN_ALIAS}
+
+
+async def test_sender_not_authorized_at_rcpt(scenario):
+    with session(scenario.relay) as s:
+        s.cmd("MAIL FROM:<stranger@else.example>")
+        reply = s.cmd(f"RCPT TO:<{scenario.buyer_alias}>")
+    assert reply.startswith("550 5.7.1 [sender_not_authorized] ")
+
+
+async def test_size_limit_is_advertised_and_enforced(relay_factory, sink):
+    relay = await relay_factory({"limits": {"message_size": 2000}})
+    relay.add_seller("s1", "Shop", ["sam@shop.example"])
+    aliases = relay.open_order("o1", "s1", "bob@buyer.test")
+    with session(relay) as s:
+        assert s.cmd("MAIL FROM:<sam@shop.example> SIZE=999999999").startswith("552 5.3.4")
+        assert s.cmd("MAIL FROM:<sam@shop.example> SIZE=100").startswith("250")
+        assert s.cmd(f"RCPT TO:<{aliases['buyer_alias']}>").startswith("250")
+        assert s.cmd("DATA").startswith("354")
+        body = CLEAN.format(frm="sam@shop.example", to=aliases["buyer_alias"]) + ("x" * 70 + "\r\n") * 40
+        reply = s.cmd(body.encode() + b".")
+        assert reply.startswith("552 5.3.4"), reply
+        # The session stays in sync: a fitting message still goes through.
+        assert s.cmd("MAIL FROM:<sam@shop.example>").startswith("250")
+        assert s.cmd(f"RCPT TO:<{aliases['buyer_alias']}>").startswith("250")
+        assert s.cmd("DATA").startswith("354")
+        assert s.cmd(CLEAN.format(frm="sam@shop.example", to="x").encode() + b".").startswith("250")
+    await sink.wait_for_count(1)
+
+
+async def test_one_alias_per_transaction(scenario):
+    relay = scenario.relay
+    relay.open_order("o-2", "s1", "carl@buyer.test")
+    other = relay.open_order("o-2", "s1", "carl@buyer.test")["buyer_alias"]
+    with session(relay) as s:
+        s.cmd(f"MAIL FROM:<{scenario.seller_email}>")
+        assert s.cmd(f"RCPT TO:<{scenario.buyer_alias}>").startswith("250")
+        assert s.cmd(f"RCPT TO:<{scenario.buyer_alias}>").startswith("250")  # duplicate ignored
+        assert s.cmd(f"RCPT TO:<{other}>").startswith("452 4.5.3")
+
+
+async def test_postmaster_is_accepted_and_reaches_the_operator(relay, sink):
+    with session(relay) as s:
+        s.cmd("MAIL FROM:<someone@else.example>")
+        assert s.cmd("RCPT TO:<postmaster>").startswith("250")
+        assert s.cmd("DATA").startswith("354")
+        assert s.cmd(b"Subject: abuse report\r\n\r\nhello\r\n.").startswith("250")
+        s.cmd("MAIL FROM:<someone@else.example>")
+        assert s.cmd("RCPT TO:<PostMaster@relay.example>").startswith("250")
+    (delivered,) = await sink.wait_for_count(1)
+    assert delivered.rcpt_tos == ["postmaster@localhost"]
+
+
+async def test_vrfy_and_expn_confirm_nothing(scenario):
+    with session(scenario.relay) as s:
+        assert s.cmd(f"VRFY {scenario.buyer_alias}").startswith("252")
+        assert s.cmd("VRFY nobody@relay.example").startswith("252")
+        assert s.cmd("EXPN staff").startswith("502")
+
+
+@pytest.mark.parametrize("rcpt, expected", [
+    ("<victim@external.example>", "550 5.7.1"),                       # 21 plain relay
+    ("<victim%external.example@relay.example>", "550 5.1.1"),         # 22 percent hack
+    ("<@relay.example:victim@external.example>", "550 5.7.1"),        # 23 source route
+    ('<"victim@external.example"@relay.example>', "550 5.1.1"),       # 24 quoted @
+    ("<victim@external.example@relay.example>", "5"),                 # 25 double @ -> 501/553
+    ("<external.example!victim@relay.example>", "550 5.1.1"),         # 26 bang path
+    ("<x@[203.0.113.5]>", "550 5.7.1"),                               # 26 IP literal
+    ("<x@[IPv6:::1]>", "550 5.7.1"),                                  # 26 IPv6 literal
+    ("<victim@relay.example.>", "5"),                                 # 27 trailing dot -> 501/553 5.1.3
+    ('<a"@relay.example>', "5"),                                      # 28 unbalanced quote
+    ("<victim@EXTERNAL.example>", "550 5.7.1"),
+    ("<" + "a" * 65 + "@relay.example>", "501"),                      # 30 local part > 64
+    ("<victim@external.example> NOTIFY=SUCCESS", "5"),
+    ("<victim@xn--rlay-5qa.example>", "550 5.7.1"),                   # IDN look-alike
+    ("<victim\\@external.example@relay.example>", "5"),
+    ("<victim@external.example>,<x@relay.example>", "5"),
+    ("<;sleep 66;@external.example>", "5"),                           # 31 hostile characters
+])
+async def test_open_relay_variants_are_refused(relay, sink, rcpt, expected):
+    with session(relay) as s:
+        assert s.cmd("MAIL FROM:<attacker@evil.example>").startswith("250")
+        reply = s.cmd(f"RCPT TO:{rcpt}")
+        assert reply.startswith(expected), reply
+        assert s.cmd("DATA").startswith("503")  # no recipient was accepted
+    assert sink.messages == []
+
+
+async def test_alias_in_upper_case_and_with_source_route_matches(scenario):
+    with session(scenario.relay) as s:
+        s.cmd(f"MAIL FROM:<{scenario.seller_email.upper()}>")
+        assert s.cmd(f"RCPT TO:<{scenario.buyer_alias.upper()}>").startswith("250")
+        s.cmd("RSET")
+        s.cmd(f"MAIL FROM:<{scenario.seller_email}>")
+        assert s.cmd(f"RCPT TO:<@relay.example:{scenario.buyer_alias}>").startswith("250")
+
+
+async def test_out_of_order_verbs(relay):
+    with RawSMTP(*relay.mx) as s:
+        assert s.cmd("DATA").startswith("503")
+        assert s.cmd("EHLO client.test").startswith("250")
+        assert s.cmd("RCPT TO:<x@relay.example>").startswith("503")
+        assert s.cmd("MAIL FROM:<a@b.example>").startswith("250")
+        assert s.cmd("MAIL FROM:<a@b.example>").startswith("503")
+        assert s.cmd("DATA").startswith("503")
+
+
+async def test_internal_errors_answer_451_without_detail():
+    handler = RelayHandler(pipeline=None)  # type: ignore[arg-type]
+    reply = await handler.handle_exception(ValueError("bob@buyer.test exploded in /srv/relay/x.py"))
+    assert reply == INTERNAL_ERROR
+    assert "bob" not in reply and "ValueError" not in reply
