@@ -119,7 +119,9 @@ def _address_regex(address: str) -> str:
     except UnicodeError:
         pass
     domain_alt = "|".join(domains)
-    return (rf"(?<![\w.%+\-]){chars(local)}{gap}{at}{gap}(?:{domain_alt})(?![\w\-]|\.[\w])")
+    # No lookahead for further labels: "bob@x.example.pdf" or "bob@x.example.org"
+    # would still reveal bob@x.example, so they are replaced too.
+    return (rf"(?<![\w.%+\-]){chars(local)}{gap}{at}{gap}(?:{domain_alt})(?![\w\-])")
 
 
 class Scrubber:
@@ -362,7 +364,9 @@ def _raw_payload(part: EmailMessage) -> bytes:
         return b""
     if isinstance(payload, bytes):
         return payload
-    return str(payload or "").encode("ascii", "surrogateescape")
+    # 8-bit bytes come back from the parser as surrogate escapes; anything
+    # it had to decode itself is re-encoded as UTF-8.
+    return str(payload or "").encode("utf-8", "surrogateescape")
 
 
 def _lines_fit(raw: bytes) -> bool:

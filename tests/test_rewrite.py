@@ -1,0 +1,238 @@
+"""The rewriter alone: every hiding place of an address, without a socket."""
+
+from __future__ import annotations
+
+import base64
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from leakcheck_basic import all_decoded_text
+from relay.rewrite import Parties, RewriteError, Scrubber, Threading, rewrite_message
+
+SELLER = "sam.real@shop.example"
+BUYER = "bob.real@buyer.test"
+SELLER_ALIAS = "sellerxaliasxxxxxx@relay.example"
+BUYER_ALIAS = "buyerxaliasxxxxxxx@relay.example"
+PARTIES = Parties((SELLER,), SELLER_ALIAS, "Sam's Shop", (BUYER,), BUYER_ALIAS, "mx.relay.example")
+THREAD = Threading("<new@mx.relay.example>")
+
+
+def rewrite(raw: bytes | str, redactions=()) -> bytes:
+    if isinstance(raw, str):
+        raw = raw.encode()
+    msg = message_from_bytes(raw, policy=policy.default)
+    return rewrite_message(msg, PARTIES, THREAD, redactions).data
+
+
+def assert_clean(out: bytes) -> None:
+    """No trace of the writer; the reader's own address only in To."""
+    to_line = f"to: {BUYER}".encode()
+    without_to = b"\r\n".join(line for line in out.split(b"\r\n") if line.lower() != to_line)
+    text = all_decoded_text(without_to).lower()
+    for needle in ("sam.real", "bob.real", "shop.example", "buyer.test"):
+        assert needle not in text, needle
+    for line in out.split(b"\r\n"):
+        assert len(line) <= 998
+    assert b"\r" not in out.replace(b"\r\n", b"") and b"\n" not in out.replace(b"\r\n", b"")
+
+
+def test_headers_are_regenerated_from_an_allowlist():
+    out = rewrite(
+        "From: =?utf-8?q?sam.real=40shop.example?= <sam.real@shop.example>\r\n"
+        "Sender: sam.real@shop.example\r\nReply-To: sam.real@shop.example\r\n"
+        "To: Friends: bob.real@buyer.test, carol@third.example;\r\n"
+        "Cc: x@shop.example\r\nReturn-Receipt-To: sam.real@shop.example\r\n"
+        "Disposition-Notification-To: sam.real@shop.example\r\n"
+        "Received: from mail.shop.example ([198.51.100.7])\r\n"
+        "X-Originating-IP: [198.51.100.7]\r\nAutocrypt: addr=sam.real@shop.example; keydata=AAAA\r\n"
+        "DKIM-Signature: v=1; d=shop.example; i=@shop.example; b=xx\r\n"
+        "Message-ID: <1@shop.example>\r\nSubject: Hello (sam.real@shop.example)\r\n\r\nhi\r\n")
+    assert_clean(out)
+    msg = message_from_bytes(out, policy=policy.default)
+    assert msg["From"].addresses[0].addr_spec == SELLER_ALIAS
+    assert msg["To"].addresses[0].addr_spec == BUYER
+    assert msg["Message-ID"] == "<new@mx.relay.example>"
+    assert msg["Subject"] == f"Hello ({SELLER_ALIAS})"
+    assert set(k.lower() for k in msg.keys()) <= {"from", "to", "subject", "date", "message-id", "x-relay-loop",
+                                                   "mime-version", "content-type", "content-transfer-encoding"}
+
+
+def test_encoded_newline_in_subject_never_becomes_a_header():
+    # CVE-2024-6923: on CPython 3.11.7 re-serialising this would emit a Bcc line.
+    out = rewrite("From: sam.real@shop.example\r\nSubject: hi=?UTF-8?Q?=0ABcc:_x@evil.example?=\r\n\r\nbody\r\n")
+    headers = out.split(b"\r\n\r\n")[0]
+    assert not any(line.lower().startswith(b"bcc") for line in headers.split(b"\r\n"))
+
+
+@pytest.mark.parametrize("body", [
+    "Write to SAM.REAL@SHOP.EXAMPLE please",
+    "mailto:sam.real%40shop.example",
+    "<a href=\"mailto:sam.real&#64;shop.example\">me</a>",
+    "<a href=\"mailto:sam.real&#x40;shop.example\">me</a>",
+    "sam.real\u200b@shop\u200c.example",
+    "sam.real [at] shop.example",
+    "sam.real(at)shop(dot)example",
+    "On Tue, Bob <bob.real@buyer.test> wrote:\n> hi",
+])
+def test_body_spellings_are_replaced(body):
+    msg = EmailMessage()
+    msg["From"] = SELLER
+    msg["Subject"] = "x"
+    msg.set_content(body, subtype="html" if "<a" in body else "plain", cte="quoted-printable")
+    out = rewrite(msg.as_bytes())
+    assert_clean(out)
+
+
+def test_quoted_printable_soft_break_inside_an_address():
+    raw = ("From: sam.real@shop.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+           "Contact sam.re=\r\nal@shop.exa=\r\nmple today\r\n")
+    assert_clean(rewrite(raw))
+
+
+def test_base64_html_nested_message_vcard_ics_and_rfc2231_filename():
+    inner = EmailMessage()
+    inner["From"] = "Bob <bob.real@buyer.test>"
+    inner["To"] = SELLER
+    inner["Subject"] = "original"
+    inner["Message-ID"] = "<orig@buyer.test>"
+    inner.set_content("I am bob.real@buyer.test")
+    outer = EmailMessage()
+    outer["From"] = SELLER
+    outer["Subject"] = "fwd"
+    outer.set_content("see below, from sam.real@shop.example", cte="base64")
+    outer.add_alternative("<p>mail <a href='mailto:sam.real@shop.example'>me</a></p>", subtype="html", cte="base64")
+    outer.add_attachment(inner)
+    outer.add_attachment("BEGIN:VCARD\r\nEMAIL:sam.real@shop.example\r\nEND:VCARD\r\n", subtype="vcard",
+                         filename="sam.vcf")
+    outer.add_attachment("BEGIN:VCALENDAR\r\nORGANIZER:mailto:sam.real@shop.example\r\n"
+                         "ATTENDEE:mailto:bob.real@buyer.test\r\nEND:VCALENDAR\r\n", subtype="calendar",
+                         filename="meet.ics")
+    outer.add_attachment(b"%PDF-1.4 plain bytes", maintype="application", subtype="pdf",
+                         filename="sam.real@shop.example.pdf")
+    out = rewrite(outer.as_bytes())
+    assert_clean(out)
+    parsed = message_from_bytes(out, policy=policy.default)
+    pdf = [p for p in parsed.walk() if p.get_content_type() == "application/pdf"][0]
+    assert pdf.get_payload(decode=True) == b"%PDF-1.4 plain bytes"  # untouched attachment, byte-identical
+
+
+def test_untouched_parts_stay_byte_identical():
+    image = bytes(range(256)) * 40
+    msg = EmailMessage()
+    msg["From"] = SELLER
+    msg["Subject"] = "photo"
+    msg.set_content("Here is the photo of your item.")
+    msg.add_attachment(image, maintype="image", subtype="png", filename="item.png")
+    out = message_from_bytes(rewrite(msg.as_bytes()), policy=policy.default)
+    png = [p for p in out.walk() if p.get_content_type() == "image/png"][0]
+    assert png.get_payload(decode=True) == image
+    assert out.get_body(("plain",)).get_content().strip() == "Here is the photo of your item."
+
+
+def test_binary_attachment_holding_an_address_is_refused():
+    msg = EmailMessage()
+    msg["From"] = SELLER
+    msg["Subject"] = "invoice"
+    msg.set_content("invoice attached")
+    msg.add_attachment(b"%PDF-1.4 contact sam.real@shop.example", maintype="application", subtype="pdf",
+                       filename="invoice.pdf")
+    with pytest.raises(RewriteError) as info:
+        rewrite(msg.as_bytes())
+    assert info.value.reply.startswith("550 5.7.1")
+
+
+def test_smime_signature_and_pgp_keys_are_stripped():
+    raw = (
+        "From: sam.real@shop.example\r\nSubject: signed\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256; boundary="B"\r\n'
+        "\r\n--B\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\r\nmQENBF...\r\n-----END PGP PUBLIC KEY BLOCK-----\r\n"
+        "--B\r\nContent-Type: application/pkcs7-signature; name=smime.p7s\r\nContent-Transfer-Encoding: base64\r\n"
+        "\r\n" + base64.encodebytes(b"cert for sam.real@shop.example").decode().replace("\n", "\r\n") +
+        "--B--\r\n")
+    out = rewrite(raw)
+    assert_clean(out)
+    assert b"pkcs7-signature" not in out and b"BEGIN PGP PUBLIC KEY" not in out
+    assert b"hello" in out
+
+
+def test_encrypted_content_is_refused():
+    raw = ("From: sam.real@shop.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+           'Content-Type: multipart/encrypted; protocol="application/pgp-encrypted"; boundary="B"\r\n\r\n'
+           "--B\r\nContent-Type: application/pgp-encrypted\r\n\r\nVersion: 1\r\n"
+           "--B\r\nContent-Type: application/octet-stream\r\n\r\n-----BEGIN PGP MESSAGE-----\r\n--B--\r\n")
+    with pytest.raises(RewriteError):
+        rewrite(raw)
+
+
+def test_preamble_and_epilogue_are_dropped():
+    raw = ("From: sam.real@shop.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+           'Content-Type: multipart/mixed; boundary="B"\r\n\r\n'
+           "preamble secret-preamble\r\n--B\r\nContent-Type: text/plain\r\n\r\nbody\r\n--B--\r\n"
+           "epilogue secret-epilogue\r\n")
+    out = rewrite(raw)
+    assert b"secret-preamble" not in out and b"secret-epilogue" not in out
+
+
+def test_redaction_replaces_the_fragment_with_a_marker():
+    out = rewrite("From: sam.real@shop.example\r\nSubject: x\r\n\r\nsee https://evil.example/x now\r\n",
+                  redactions=(("https://evil.example/x", "[link removed]"),))
+    assert b"[link removed]" in out and b"evil.example" not in out
+
+
+def test_long_lines_after_replacement_are_folded():
+    line = ("bob.real@buyer.test " * 49).strip()  # 979 octets, longer once aliases replace it
+    out = rewrite(f"From: sam.real@shop.example\r\nSubject: x\r\n\r\n{line}\r\n")
+    assert_clean(out)
+
+
+def test_scrubber_does_not_touch_other_mailboxes_but_hides_the_address_as_a_prefix():
+    scrub = Scrubber({"bob@x.example": "alias@relay.example"})
+    assert scrub.text("jimbob@x.example bob@x.examples bob@x.example") == \
+        "jimbob@x.example bob@x.examples alias@relay.example"
+    assert scrub.text("bob@x.example.pdf") == "alias@relay.example.pdf"
+
+
+# ----------------------------------------------------------- properties
+
+ADDRESS_LOCAL = st.from_regex(r"[a-z][a-z0-9._+-]{0,20}[a-z0-9]", fullmatch=True).filter(lambda s: ".." not in s)
+ADDRESS_DOMAIN = st.from_regex(r"[a-z][a-z0-9-]{0,15}\.(com|org|example|test)", fullmatch=True)
+FILLER = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=200)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(local=ADDRESS_LOCAL, domain=ADDRESS_DOMAIN, before=FILLER, after=FILLER,
+       cte=st.sampled_from(["7bit", "8bit", "quoted-printable", "base64"]),
+       subtype=st.sampled_from(["plain", "html"]), in_attachment=st.booleans())
+def test_a_real_address_anywhere_never_survives(local, domain, before, after, cte, subtype, in_attachment):
+    real = f"{local}@{domain}"
+    parties = Parties((real,), SELLER_ALIAS, "Shop", (BUYER,), BUYER_ALIAS, "mx.relay.example")
+    msg = EmailMessage()
+    msg["From"] = real
+    msg["Subject"] = "s"
+    body = f"{before} {real} {after}"
+    if cte == "7bit" and not body.isascii():
+        cte = "8bit"
+    msg.set_content(body, subtype=subtype, cte=cte)
+    if in_attachment:
+        msg.add_attachment(f"EMAIL:{real}\n", subtype="vcard", filename="c.vcf")
+    out = rewrite_message(message_from_bytes(msg.as_bytes(), policy=policy.default), parties, THREAD).data
+    assert real not in all_decoded_text(out).lower()
+    # Idempotent: rewriting the output again changes nothing but ids and boundaries.
+    again = rewrite_message(message_from_bytes(out, policy=policy.default), parties, THREAD).data
+    assert real not in all_decoded_text(again).lower()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=2000))
+def test_rewriting_arbitrary_bytes_never_raises_unexpectedly(data):
+    msg = message_from_bytes(data, policy=policy.default)
+    try:
+        rewrite_message(msg, PARTIES, THREAD)
+    except RewriteError:
+        pass
