@@ -1,0 +1,92 @@
+"""A full disk or a locked store: 451/452, never 250, and recovery once it clears.
+
+The store lives on a small tmpfs mounted by the test (root only; skipped with
+the reason otherwise)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import smtplib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SELLER = "sam@shop.example"
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mountpoint = tmp_path / "fs"
+    mountpoint.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mountpoint)],
+                            capture_output=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
+    yield mountpoint
+    subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def fill(path: Path) -> Path:
+    filler = path / "filler"
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def send(relay, alias: str, n: int) -> tuple[int, bytes]:
+    data = (f"From: {SELLER}\r\nTo: {alias}\r\nSubject: parcel {n}\r\n\r\n"
+            f"Parcel number {n} leaves tomorrow morning.\r\n" + "padding line\r\n" * 300)
+    with smtplib.SMTP(*relay.mx, timeout=30) as client:
+        client.ehlo()
+        client.mail(SELLER)
+        code, reply = client.rcpt(alias)
+        if code != 250:
+            return code, reply
+        return client.data(data)
+
+
+async def test_full_disk_gives_452_then_recovers(relay_factory, sink, small_fs):
+    relay = await relay_factory({"store": {"path": str(small_fs / "relay.sqlite3")}})
+    relay.add_seller("s1", "Shop", [SELLER])
+    alias = relay.open_order("o1", "s1", "bob@buyer.test")["buyer_alias"]
+    assert send(relay, alias, 1)[0] == 250
+    await sink.wait_for_count(1)
+    filler = fill(small_fs)
+    codes = [send(relay, alias, n) for n in range(2, 6)]
+    assert all(code in (451, 452) for code, _ in codes), codes
+    assert any(reply.startswith(b"4.3.1") for code, reply in codes if code == 452) or \
+        all(reply.startswith(b"4.3.0") for _, reply in codes)
+    filler.unlink()
+    code, _ = send(relay, alias, 7)
+    assert code == 250
+    messages = await sink.wait_for_count(2)
+    subjects = [m.data.split(b"Subject: ")[1].split(b"\r\n")[0] for m in messages]
+    assert subjects == [b"parcel 1", b"parcel 7"], subjects
+
+
+async def test_locked_store_gives_451_then_recovers(relay_factory, sink, tmp_path):
+    relay = await relay_factory({"store": {"busy_timeout": 0.3}})
+    relay.add_seller("s1", "Shop", [SELLER])
+    alias = relay.open_order("o1", "s1", "bob@buyer.test")["buyer_alias"]
+    locker = sqlite3.connect(relay.config["store"]["path"], isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    try:
+        code, reply = send(relay, alias, 1)
+        assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    code, _ = send(relay, alias, 2)
+    assert code == 250
+    (delivered,) = await sink.wait_for_count(1)
+    assert b"parcel 2" in delivered.data
+    assert [r["verdict"] for r in relay.audit()] == ["accepted"]
