@@ -71,6 +71,9 @@ class Delivery:
         self.log = get_logger()
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
+        # Handed over to the next hop, but the store could not record it yet
+        # (disk full, locked): never re-send these while this process lives.
+        self._unrecorded: set[int] = set()
         self._work: asyncio.Queue[QueueEntry] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._clients: list[aiosmtplib.SMTP | None] = []
@@ -112,7 +115,9 @@ class Delivery:
     async def _scan_loop(self) -> None:
         while True:
             try:
-                due = await self.store.queue_due(self.clock(), limit=200, exclude=self._in_flight)
+                await self._record_delivered()
+                due = await self.store.queue_due(self.clock(), limit=200,
+                                                 exclude=self._in_flight | self._unrecorded)
                 for entry in due:
                     self._in_flight.add(entry.id)
                     self._work.put_nowait(entry)
@@ -155,9 +160,17 @@ class Delivery:
         except (TransientFailure, OSError, asyncio.TimeoutError, aiosmtplib.SMTPException) as exc:
             await self._defer(entry, str(exc) or type(exc).__name__)
             return
-        await self.store.mark_delivered(entry.id)
+        try:
+            await self.store.mark_delivered(entry.id)
+        except StorageError:
+            self._unrecorded.add(entry.id)
         self.log.info("delivery.sent", queue_id=entry.id, audit_id=entry.audit_id, kind=entry.kind,
                       attempts=entry.attempts + 1)
+
+    async def _record_delivered(self) -> None:
+        for entry_id in list(self._unrecorded):
+            await self.store.mark_delivered(entry_id)
+            self._unrecorded.discard(entry_id)
 
     async def _defer(self, entry: QueueEntry, error: str) -> None:
         now = self.clock()
