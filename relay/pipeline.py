@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email import policy
 from email.message import EmailMessage
+from email.errors import (CloseBoundaryNotFoundDefect, InvalidMultipartContentTransferEncodingDefect,
+                          MultipartInvariantViolationDefect, StartBoundaryNotFoundDefect,
+                          UndecodableBytesDefect)
 from email.parser import BytesParser
 from typing import Any
 
@@ -25,8 +28,8 @@ from relay.filters.base import (BUYER_TO_SELLER, SELLER_TO_BUYER, FilterContext,
                                 is_critical, text_fingerprint)
 from relay.filters.chain import Chain, ChainResult, rejection_reply
 from relay.logs import get_logger
-from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, message_ids_in,
-                           new_message_id, rewrite_message)
+from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, clean_header_text,
+                           header_text, message_ids_in, new_message_id, rewrite_message)
 from relay.store import AuditRecord, Order, QueueEntry, Seller, StorageError, Store, utc_now_iso
 
 PARSE_POLICY = policy.default
@@ -458,6 +461,27 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
         if len(message.get_all(name, [])) > 1:
             raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
                                  "malformed")
+    for name in set(message.keys()):
+        for value in message.get_all(name, []):
+            try:
+                text = str(value)
+            except Exception:
+                continue
+            if "\r" in text or "\n" in text:
+                # CVE-2024-6923: an encoded line break must never become a header.
+                raise MessageRefused(f"554 5.6.0 The {name[:40]} header decodes to a line break.", "malformed")
+    for part in message.walk():
+        for defect in part.defects:
+            if isinstance(defect, _STRUCTURAL_DEFECTS):
+                raise MessageRefused("554 5.6.0 The message's MIME structure is broken "
+                                     f"({type(defect).__name__}); send it again from your mail client.",
+                                     "malformed")
+
+
+# RFC 2046 framing errors: a client and the relay could split such a message
+# differently (THREATS #51), so it is refused rather than repaired.
+_STRUCTURAL_DEFECTS = (CloseBoundaryNotFoundDefect, StartBoundaryNotFoundDefect, MultipartInvariantViolationDefect,
+                       InvalidMultipartContentTransferEncodingDefect)
 
 
 def _depth(part: EmailMessage, level: int, limit: int) -> int:
@@ -471,13 +495,18 @@ def _depth(part: EmailMessage, level: int, limit: int) -> int:
 
 def _header_from_authorized(message: EmailMessage, allowed: tuple[str, ...]) -> bool:
     """Header From must be one mailbox, parsed without defects (CVE-2023-27043),
-    that belongs to the authorised party."""
+    that belongs to the authorised party.  Raw 8-bit bytes in the display
+    name (clients that ignore SMTPUTF8) are tolerated: the name is replaced."""
     try:
         header = message["From"]
-        if header is None or header.defects:
+        if header is None:
+            return False
+        if any(not isinstance(d, UndecodableBytesDefect) for d in header.defects):
             return False
         addresses = header.addresses
         if len(addresses) != 1 or not addresses[0].addr_spec:
+            return False
+        if not addresses[0].addr_spec.isascii():
             return False
         return normalize_address(addresses[0].addr_spec) in allowed
     except (AddressError, Exception):
@@ -486,8 +515,7 @@ def _header_from_authorized(message: EmailMessage, allowed: tuple[str, ...]) -> 
 
 def _safe_subject(message: EmailMessage) -> str:
     try:
-        from relay.rewrite import clean_header_text
-        return clean_header_text(str(message.get("Subject", "") or ""))[:900]
+        return clean_header_text(header_text(message, "Subject"))[:900]
     except Exception:
         return ""
 

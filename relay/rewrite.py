@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import timezone
 from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, getaddresses
@@ -35,7 +37,7 @@ MAX_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
 # Top-level headers that survive, re-created from cleaned values.  Everything
 # else (Received, Reply-To, Sender, DKIM, ARC, Autocrypt, X-*, List-*, ...) is
 # dropped: an allowlist, not a blocklist.
-KEPT_TOP_HEADERS = ("Subject", "Date", "Content-Language", "Auto-Submitted", "Importance")
+KEPT_TOP_HEADERS = ("Subject", "Date", "Auto-Submitted", "Importance")
 # Per-part headers that describe structure; their parameters are scrubbed.
 KEPT_PART_HEADERS = ("Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Content-ID",
                      "Content-Description", "Content-Language")
@@ -97,20 +99,43 @@ class RewriteResult:
 
 # ------------------------------------------------------------------ scrubbing
 
+# What may sit between two letters of an address without changing what a
+# reader sees: invisible characters (raw or as HTML entities), HTML tags such
+# as Gmail's <wbr> or <span>, quoted-printable soft breaks (vCard 2.1) and
+# iCalendar/vCard line folding.
+_GAP = (
+    rf"(?:[{ZERO_WIDTH}]|<[^<>]{{0,200}}>"
+    r"|&(?:shy|zwsp|zwj|zwnj|NoBreak|ZeroWidthSpace);"
+    r"|&#0*(?:8203|8204|8205|8288|65279|173);|&#x0*(?:200b|200c|200d|2060|feff|ad);"
+    r"|=\r?\n|\r?\n[ \t])*"
+)
+_AT_WORDS = [r"&commat;", "\uff20", r"\s*[\[(]\s*at\s*[\])]\s*", r"\s+at\s+"]
+_DOT_WORDS = [r"&period;", r"\s*[\[(]\s*dot\s*[\])]\s*", r"\s+dot\s+"]
+
+
+def _char_regex(ch: str) -> str:
+    """One character in any of its encodings: itself, an HTML character
+    reference, a %-escape (also double-escaped), a quoted-printable escape."""
+    code = ord(ch)
+    alternatives = [re.escape(ch)]
+    if code < 0x80:
+        alternatives += [f"&#0*{code};", f"&#x0*{code:x};", f"%{code:02x}", f"%25{code:02x}", f"={code:02x}"]
+    if ch == "@":
+        alternatives += _AT_WORDS
+    elif ch == ".":
+        alternatives += _DOT_WORDS
+    return "(?:" + "|".join(alternatives) + ")"
+
+
 def _address_regex(address: str) -> str:
     """A pattern for one address in every spelling a mail client or a person
-    might produce: any case, zero-width characters between letters, `@` as
-    `%40`/`&#64;`/`&#x40;`/`&commat;`/`[at]`/` at `, `.` as `%2e`/`&#46;`."""
+    might produce: any case, any character encoded (HTML references, %-escapes,
+    quoted-printable), invisible characters or tags between letters, `@` as
+    `[at]`/` at `, `.` as ` dot `."""
     local, _, domain = address.rpartition("@")
-    gap = f"[{ZERO_WIDTH}]*"
-    at = (r"(?:@|%40|&#0*64;|&#x0*40;|&commat;|\uff20|\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+)")
-    dot = r"(?:\.|%2e|&#0*46;|&#x0*2e;|&period;|\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+)"
 
     def chars(text: str) -> str:
-        out = []
-        for ch in text:
-            out.append(dot if ch == "." else re.escape(ch))
-        return gap.join(out)
+        return _GAP.join(_char_regex(ch) for ch in text)
 
     domains = [chars(domain)]
     try:
@@ -121,7 +146,10 @@ def _address_regex(address: str) -> str:
     domain_alt = "|".join(domains)
     # No lookahead for further labels: "bob@x.example.pdf" or "bob@x.example.org"
     # would still reveal bob@x.example, so they are replaced too.
-    return (rf"(?<![\w.%+\-]){chars(local)}{gap}{at}{gap}(?:{domain_alt})(?![\w\-])")
+    # Not inside a longer local part, unless what precedes is an escape
+    # (`mailto%3Aalice...`, `=3Aalice...`).
+    before = r"(?:(?<![\w.%+\-])|(?<=%[0-9a-f]{2})|(?<==[0-9a-f]{2}))"
+    return (rf"{before}{chars(local)}{_GAP}{_char_regex('@')}{_GAP}(?:{domain_alt})(?![\w\-])")
 
 
 class Scrubber:
@@ -171,9 +199,13 @@ def _header_line(name: str, value: str) -> bytes:
 # -------------------------------------------------------------- serialising
 
 class _Writer:
-    def __init__(self, scrubber: Scrubber, redactions: tuple[tuple[str, str], ...]):
+    def __init__(self, scrubber: Scrubber, redactions: tuple[tuple[str, str], ...],
+                 cid_map: dict[str, str] | None = None):
         self.scrubber = scrubber
         self.redactions = redactions
+        # Content-IDs name the writer's host (Thunderbird: part1.x@sender.example):
+        # each gets a new id on our hostname, and `cid:` references follow.
+        self.cid_map = cid_map or {}
         self.parts: list[TextPart] = []
         self.attachments: list[Attachment] = []
 
@@ -214,6 +246,10 @@ class _Writer:
                 continue
             if name in ("Content-Type", "Content-Disposition"):
                 self._copy_structured(part, holder, name)
+            elif name == "Content-ID":
+                old = _cid_value(str(value))
+                if old in self.cid_map:
+                    holder[name] = f"<{self.cid_map[old]}>"
             else:
                 holder[name] = clean_header_text(self.scrub_text(str(value)))
         cte = new_cte or (None if drop_cte else part.get("Content-Transfer-Encoding"))
@@ -320,7 +356,11 @@ class _Writer:
         except (LookupError, UnicodeDecodeError):
             charset = "utf-8"
             text = decoded.decode("utf-8", errors="replace")
-        new_text = self.scrub_text(text)
+        new_text = text
+        for old, new in self.cid_map.items():
+            if "cid:" + old in new_text:
+                new_text = new_text.replace("cid:" + old, "cid:" + new)
+        new_text = self.scrub_text(new_text)
         if ctype == "text/plain" or ctype == "text/html":
             new_text = _strip_pgp_blocks(new_text)
         is_body = ctype in ("text/plain", "text/html") and not filename and \
@@ -348,6 +388,24 @@ def _with_charset(headers: list[bytes], part: EmailMessage, charset: str, writer
     if not any(h.lower().startswith(b"content-type:") for h in headers):
         return [line] + headers
     return [line if h.lower().startswith(b"content-type:") else h for h in headers]
+
+
+def _cid_value(value: str) -> str:
+    return clean_header_text(value).strip().strip("<>").strip()
+
+
+def _content_id_map(message: EmailMessage, hostname: str) -> dict[str, str]:
+    salt = secrets.token_hex(8)
+    mapping: dict[str, str] = {}
+    for part in message.walk():
+        value = part.get("Content-ID")
+        if value is None:
+            continue
+        old = _cid_value(str(value))
+        if old and old not in mapping:
+            digest = hashlib.sha256((salt + old).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+            mapping[old] = f"{digest}@{hostname}"
+    return mapping
 
 
 def _strip_pgp_blocks(text: str) -> str:
@@ -408,8 +466,8 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
                     redactions: tuple[tuple[str, str], ...] = ()) -> RewriteResult:
     """Produce the bytes the recipient receives, and the decoded view of them
     that the filters judge."""
-    writer = _Writer(build_scrubber(parties), redactions)
-    subject = writer.scrub_text(str(message.get("Subject", "") or ""))
+    writer = _Writer(build_scrubber(parties), redactions, _content_id_map(message, parties.hostname))
+    subject = writer.scrub_text(header_text(message, "Subject"))
     subject = clean_header_text(subject)[:900]
     top: list[bytes] = [
         _header_line("From", quoted_mailbox(parties.sender_display, parties.sender_alias)),
@@ -418,16 +476,13 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
     if subject:
         top.append(_header_line("Subject", subject))
     for name in KEPT_TOP_HEADERS:
-        if name == "Subject":
+        if name in ("Subject", "Date"):
             continue
-        value = message.get(name)
-        if value is not None:
-            value = clean_header_text(writer.scrub_text(str(value)))
-            if value and (name != "Date" or _valid_date(message)):
-                top.append(_header_line(name, value))
-    if message.get("Date") is None or not _valid_date(message):
-        from email.utils import formatdate
-        top.append(_header_line("Date", formatdate(usegmt=True)))
+        value = header_text(message, name)
+        if value:
+            top.append(_header_line(name, clean_header_text(writer.scrub_text(value))))
+    # In UTC: the writer's timezone offset says where they live.
+    top.append(_header_line("Date", _utc_date(message)))
     top.append(_header_line("Message-ID", threading.message_id))
     if threading.in_reply_to:
         top.append(_header_line("In-Reply-To", " ".join(threading.in_reply_to)))
@@ -450,11 +505,36 @@ def quoted_mailbox(display: str, address: str) -> str:
     return f'"{name}" <{address}>' if name else address
 
 
-def _valid_date(message: EmailMessage) -> bool:
+def _utc_date(message: EmailMessage) -> str:
+    from email.utils import format_datetime, formatdate
     try:
-        return message["Date"].datetime is not None
+        when = message["Date"].datetime
     except Exception:
-        return False
+        when = None
+    if when is None:
+        return formatdate(usegmt=True)
+    if when.tzinfo is not None:
+        when = when.astimezone(timezone.utc)
+    return format_datetime(when.replace(tzinfo=timezone.utc), usegmt=True)
+
+
+def header_text(message: EmailMessage, name: str) -> str:
+    """A header's decoded value; raw 8-bit bytes (sent without SMTPUTF8)
+    are read as UTF-8, else Latin-1, instead of passing through undecoded."""
+    try:
+        value = message.get(name)
+    except Exception:
+        return ""
+    if value is None:
+        return ""
+    text = str(value)
+    if any("\udc80" <= ch <= "\udcff" for ch in text):
+        raw = text.encode("utf-8", "surrogateescape")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("latin-1")
+    return text
 
 
 def normalize_line_endings(data: bytes) -> bytes:

@@ -156,6 +156,9 @@ def canon_text(text: str, ctype: str, mapping: dict[str, str]) -> str:
     """A text part as a reader sees it, real addresses replaced, whitespace folded."""
     if ctype in CALENDAR_TYPES:
         text = re.sub(r"\r?\n[ \t]", "", text)  # RFC 5545/6350 unfolding
+        if "quoted-printable" in text.lower():  # vCard 2.1 property values
+            text = re.sub(r"=\r?\n", "", text)
+            text = re.sub(r"=([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
     text = PGP_NOISE.sub(" ", text)
     if ctype == "text/html":
         text = re.sub(r"(?is)<(style|script|head)\b.*?</\1\s*>", " ", text)
@@ -189,11 +192,17 @@ def subject_of(msg: Message) -> str:
     value = msg.get("Subject")
     if value is None:
         return ""
+    from email.header import Header, decode_header
+    if isinstance(value, Header):  # compat32 keeps raw 8-bit header bytes as "unknown-8bit" chunks
+        return "".join(b.decode("utf-8", "replace") if isinstance(b, bytes) else b for b, _ in decode_header(value))
+    text = str(value)
+    if any("\udc80" <= ch <= "\udcff" for ch in text):  # raw 8-bit header bytes: read them as UTF-8
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     try:
         from email.header import decode_header, make_header
-        return str(make_header(decode_header(str(value))))
+        return str(make_header(decode_header(text)))
     except Exception:
-        return str(value)
+        return text
 
 
 @dataclass
