@@ -44,6 +44,8 @@ STORAGE_TROUBLE = "451 4.3.0 Temporary storage trouble, please try again later"
 STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 BOUNCE_PREFIX = "bounces-"
 ACCEPTED = "250 2.0.0 OK: message {audit_id} queued"
+AUTO_REPLY_LOOP = ("550 5.7.1 [auto_reply] Only one automatic reply per conversation is relayed each day "
+                   "(RFC 3834); this one was not delivered.")
 
 
 def storage_reply(exc: StorageError) -> str:
@@ -193,6 +195,9 @@ class Pipeline:
             if not self.sender_is_authorized(recipient, mail_from) or \
                     not _header_from_authorized(message, recipient.authorized_senders()):
                 raise MessageRefused(NOT_AUTHORIZED, "sender_not_authorized")
+            auto = is_auto_submitted(message)
+            if auto and await self.store.recent_auto_reply(order.id, direction, _hours_ago(24)):
+                raise MessageRefused(AUTO_REPLY_LOOP, "auto_reply")
         except MessageRefused as refusal:
             return await self._reject(recipient, mail_from, content, subject, refusal.reply,
                                       [Finding(refusal.reason or "malformed", "", "message", refusal.reply[10:])],
@@ -212,6 +217,10 @@ class Pipeline:
         view = MessageView(subject=result.subject, parts=tuple(result.parts), attachments=tuple(result.attachments))
         ctx = await self._context(recipient, critical, is_reply_to_buyer)
         verdict = self.chain.run(view, ctx)
+        if auto:
+            # Recorded so the next automatic answer in this order is refused (RFC 3834 ping-pong).
+            verdict = ChainResult(verdict.findings + (Finding("auto_reply", "", "header", "automatic reply"),),
+                                  verdict.rejection, verdict.redactions)
         if verdict.rejection is not None:
             return await self._reject(recipient, mail_from, content, subject, rejection_reply(verdict.rejection),
                                       list(verdict.findings), critical, dry_run)
@@ -525,6 +534,25 @@ def _header_str(message: EmailMessage, name: str) -> str:
         return str(message.get(name, "") or "")
     except Exception:
         return ""
+
+
+def is_auto_submitted(message: EmailMessage) -> bool:
+    """RFC 3834 auto-replies and the common vendor markers of vacation and
+    list mail."""
+    auto = header_text(message, "Auto-Submitted").strip().lower()
+    if auto and not auto.startswith("no"):
+        return True
+    precedence = header_text(message, "Precedence").strip().lower()
+    if precedence in ("auto_reply", "bulk", "junk", "list"):
+        return True
+    if header_text(message, "X-Autoreply") or header_text(message, "X-Autorespond"):
+        return True
+    return message.get_content_type() == "multipart/report"
+
+
+def _hours_ago(hours: float) -> str:
+    since = datetime.now(timezone.utc) - timedelta(hours=hours)
+    return since.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _finding_dict(f: Finding) -> dict[str, str]:

@@ -102,6 +102,14 @@ MIGRATIONS: list[str] = [
     CREATE INDEX queue_due ON queue(next_attempt) WHERE state IN ('queued', 'deferred');
     CREATE INDEX queue_audit ON queue(audit_id);
     """,
+    # 2: submission passwords (relay.passwords hashes), one per seller
+    """
+    CREATE TABLE seller_passwords (
+        seller_id TEXT PRIMARY KEY REFERENCES sellers(id),
+        hash TEXT NOT NULL,               -- scrypt$n$r$p$salt$hash
+        updated_at TEXT NOT NULL
+    );
+    """,
 ]
 
 
@@ -196,14 +204,14 @@ class Store:
     # ---------------------------------------------------------------- opening
 
     @classmethod
-    async def open(cls, path: str) -> "Store":
+    async def open(cls, path: str, busy_timeout: float = 10.0) -> "Store":
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            writer = await aiosqlite.connect(path, isolation_level=None, timeout=10)
-            await cls._configure(writer)
+            writer = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+            await cls._configure(writer, busy_timeout)
             await cls._migrate(writer)
-            reader = await aiosqlite.connect(path, isolation_level=None, timeout=10)
-            await cls._configure(reader)
+            reader = await aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+            await cls._configure(reader, busy_timeout)
         except (sqlite3.Error, OSError) as exc:
             raise _storage_error(exc) from exc
         store = cls(path, writer, reader)
@@ -211,9 +219,9 @@ class Store:
         return store
 
     @staticmethod
-    async def _configure(conn: aiosqlite.Connection) -> None:
+    async def _configure(conn: aiosqlite.Connection, busy_timeout: float) -> None:
         conn.row_factory = sqlite3.Row
-        await conn.execute("PRAGMA busy_timeout = 10000")
+        await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
         mode = await (await conn.execute("PRAGMA journal_mode = WAL")).fetchone()
         if mode[0].lower() != "wal":
             raise sqlite3.OperationalError(f"cannot switch {mode[0]} journal to WAL")
@@ -350,6 +358,25 @@ class Store:
             "SELECT address FROM seller_emails WHERE seller_id = ? ORDER BY position", (seller_id,))
         return Seller(row["id"], row["name"], tuple(r["address"] for r in emails))
 
+    async def set_seller_password(self, seller_id: str, password_hash: str) -> None:
+        """Store (or replace) a seller's submission password hash; NotFound for an unknown seller."""
+
+        async def work(db: aiosqlite.Connection) -> None:
+            async with db.execute("SELECT 1 FROM sellers WHERE id = ?", (seller_id,)) as cur:
+                if await cur.fetchone() is None:
+                    raise NotFound(f"unknown seller {seller_id}")
+            await db.execute(
+                "INSERT INTO seller_passwords (seller_id, hash, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(seller_id) DO UPDATE SET hash = excluded.hash, updated_at = excluded.updated_at",
+                (seller_id, password_hash, utc_now_iso()))
+
+        await self.transact(work)
+
+    async def seller_password(self, seller_id: str) -> str | None:
+        """The seller's password hash, or None (unknown seller or no password set)."""
+        row = await self._read_one("SELECT hash FROM seller_passwords WHERE seller_id = ?", (seller_id,))
+        return row["hash"] if row else None
+
     async def open_order(self, order_id: str, seller_id: str, buyer: str, buyer_name: str | None,
                          mint: Callable[[], str]) -> Order:
         """Create the order with two fresh aliases, or return the existing one.
@@ -446,6 +473,12 @@ class Store:
             "AND a.direction = 'seller_to_buyer' AND a.received_at >= ? AND o.seller_id = ?",
             (since_iso, seller_id))
         return row["n"]
+
+    async def recent_auto_reply(self, order_id: str, direction: str, since_iso: str) -> bool:
+        row = await self._read_one(
+            "SELECT 1 FROM audit WHERE order_id = ? AND direction = ? AND verdict = 'accepted' "
+            "AND received_at >= ? AND reasons LIKE '%\"auto_reply\"%' LIMIT 1", (order_id, direction, since_iso))
+        return row is not None
 
     async def lookup_relay_id(self, relay_id: str) -> sqlite3.Row | None:
         return await self._read_one("SELECT * FROM message_ids WHERE relay_id = ?", (relay_id,))

@@ -195,3 +195,41 @@ async def test_addresses_compare_case_insensitively(scenario):
     send(relay, "Sam@SHOP.example", scenario.buyer_alias.upper(), data)
     (delivered,) = await relay.sink.wait_for_count(1)
     assert b"shop.example" not in delivered.data.lower()
+
+
+async def test_auto_reply_ping_pong_is_stopped(scenario):
+    relay = scenario.relay
+    vacation = (f"From: {scenario.buyer_email}\r\nTo: {scenario.seller_alias}\r\nSubject: Out of office\r\n"
+                "Auto-Submitted: auto-replied\r\n\r\nI am away until Monday.\r\n")
+    send(relay, scenario.buyer_email, scenario.seller_alias, vacation)
+    (first,) = await relay.sink.wait_for_count(1)
+    assert b"Auto-Submitted: auto-replied" in first.data  # the seller's responder will not answer it
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        send(relay, scenario.buyer_email, scenario.seller_alias, vacation)
+    assert info.value.smtp_error.startswith(b"5.7.1 [auto_reply]")
+    rows = relay.audit(scenario.order)
+    assert rows[0]["reasons"] == ["auto_reply"] and rows[1]["reasons"] == ["auto_reply"]
+    assert [r["verdict"] for r in rows] == ["accepted", "rejected"]
+
+
+async def test_bounce_to_the_envelope_sender_is_recorded_not_forwarded(scenario):
+    relay = scenario.relay
+    send(relay, scenario.seller_email, scenario.buyer_alias, SELLER_MESSAGE.format(alias=scenario.buyer_alias))
+    (first,) = await relay.sink.wait_for_count(1)
+    bounce_address = first.mail_from
+    assert bounce_address.startswith("bounces-") and bounce_address.endswith("@relay.example")
+    dsn = (f"From: MAILER-DAEMON@mx.buyer.test\r\nTo: {bounce_address}\r\nSubject: Undelivered Mail\r\n"
+           "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n"
+           "--R\r\nContent-Type: text/plain\r\n\r\n<bob@buyer.test>: mailbox full\r\n"
+           "--R\r\nContent-Type: message/delivery-status\r\n\r\nFinal-Recipient: rfc822; bob@buyer.test\r\n"
+           "Action: failed\r\nStatus: 5.2.2\r\n--R--\r\n")
+    with smtplib.SMTP(*relay.mx) as client:
+        client.sendmail("<>", [bounce_address], dsn)
+    messages = await relay.sink.wait_for_count(2)
+    notice = messages[1]
+    assert notice.rcpt_tos == [scenario.seller_email]
+    text = all_decoded_text(notice.data)
+    assert "bob@buyer.test" not in text and "buyer.test" not in text and "mailbox full" not in text
+    assert scenario.buyer_alias in text
+    rows = relay.audit(scenario.order)
+    assert rows[-1]["direction"] == "unknown"
