@@ -466,16 +466,23 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
     if depth > settings.limits.mime_depth:
         raise MessageRefused(f"554 5.6.0 The message nests MIME parts deeper than {settings.limits.mime_depth} "
                              "levels.", "malformed")
+    # Parse every header of every part once: the stdlib's header parser can
+    # raise on hostile input (found by fuzz/fuzz_rewrite.py), and a message
+    # that always raises would be retried forever after a 451.
+    for part in message.walk():
+        try:
+            for _, value in part.items():
+                str(value)
+        except Exception as exc:
+            raise MessageRefused(f"554 5.6.0 A header of the message cannot be parsed ({type(exc).__name__}).",
+                                 "malformed") from None
     for name in ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID"):
         if len(message.get_all(name, [])) > 1:
             raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
                                  "malformed")
-    for name in set(message.keys()):
-        for value in message.get_all(name, []):
-            try:
-                text = str(value)
-            except Exception:
-                continue
+    for part in message.walk():
+        for name, value in part.items():
+            text = str(value)
             if "\r" in text or "\n" in text:
                 # CVE-2024-6923: an encoded line break must never become a header.
                 raise MessageRefused(f"554 5.6.0 The {name[:40]} header decodes to a line break.", "malformed")

@@ -46,6 +46,7 @@ KEPT_NESTED_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 NESTED_ADDRESS_HEADERS = ("From", "To", "Cc")
 
 LOOP_HEADER = "X-Relay-Loop"
+_MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+\-]+/[a-z0-9!#$&^_.+\-]+")
 
 TEXTUAL_TYPES = {"application/ics", "application/x-vcard", "application/vcard", "application/json",
                  "application/xml", "message/delivery-status", "message/disposition-notification"}
@@ -104,7 +105,7 @@ class RewriteResult:
 # as Gmail's <wbr> or <span>, quoted-printable soft breaks (vCard 2.1) and
 # iCalendar/vCard line folding.
 _GAP = (
-    rf"(?:[{ZERO_WIDTH}]|<[^<>]{{0,200}}>"
+    rf"(?:[{ZERO_WIDTH}\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|<[^<>]{{0,200}}>"
     r"|&(?:shy|zwsp|zwj|zwnj|NoBreak|ZeroWidthSpace);"
     r"|&#0*(?:8203|8204|8205|8288|65279|173);|&#x0*(?:200b|200c|200d|2060|feff|ad);"
     r"|=\r?\n|\r?\n[ \t])*"
@@ -144,12 +145,10 @@ def _address_regex(address: str) -> str:
     except UnicodeError:
         pass
     domain_alt = "|".join(domains)
-    # No lookahead for further labels: "bob@x.example.pdf" or "bob@x.example.org"
-    # would still reveal bob@x.example, so they are replaced too.
-    # Not inside a longer local part, unless what precedes is an escape
-    # (`mailto%3Aalice...`, `=3Aalice...`).
-    before = r"(?:(?<![\w.%+\-])|(?<=%[0-9a-f]{2})|(?<==[0-9a-f]{2}))"
-    return (rf"{before}{chars(local)}{_GAP}{_char_regex('@')}{_GAP}(?:{domain_alt})(?![\w\-])")
+    # No guard before or after: "jimbob@x.example" or "bob@x.examples" still
+    # show bob@x.example to a reader, so privacy wins over the rare third
+    # party whose address merely contains a party's.
+    return f"{chars(local)}{_GAP}{_char_regex('@')}{_GAP}(?:{domain_alt})"
 
 
 class Scrubber:
@@ -264,9 +263,13 @@ class _Writer:
         (an RFC 2231 filename can spell the real address)."""
         if name == "Content-Type":
             main = source.get_content_type()
+            if not _MIME_TYPE.fullmatch(main):
+                main = "application/octet-stream"
             params = source.get_params(header=name) or []
         else:
             main = (source.get_content_disposition() or "attachment")
+            if main not in ("inline", "attachment"):  # RFC 2183 knows these two; junk never passes
+                main = "attachment"
             params = source.get_params(header=name) or []
         holder[name] = main
         for key, value in params[1:]:
@@ -318,15 +321,16 @@ class _Writer:
             if value is None:
                 continue
             if name in NESTED_ADDRESS_HEADERS:
-                pairs = getaddresses([str(v) for v in inner.get_all(name, [])])
-                rendered = ", ".join(
-                    formataddr((clean_header_text(self.scrub_text(n)), self.scrub_text(a))) if a else ""
-                    for n, a in pairs)
-                rendered = ", ".join(p for p in rendered.split(", ") if p)
+                try:
+                    pairs = getaddresses([str(v) for v in inner.get_all(name, [])])
+                    rendered = ", ".join(formataddr((clean_header_text(self.scrub_text(n)), self.scrub_text(a)))
+                                         for n, a in pairs if a)
+                except (UnicodeError, ValueError):  # not an address list we can rebuild: keep it as text
+                    rendered = self.scrub_text(header_text(inner, name))
                 if rendered:
                     lines.append(_header_line(name, rendered))
             else:
-                lines.append(_header_line(name, self.scrub_text(str(value))))
+                lines.append(_header_line(name, self.scrub_text(header_text(inner, name))))
         lines.append(_header_line("MIME-Version", "1.0"))
         return lines
 
@@ -346,6 +350,10 @@ class _Writer:
             raise RewriteError(f"550 5.7.1 [unscannable] The attachment {name[:60]} contains a personal "
                                "email address that cannot be removed from it; remove the address or the file.")
         self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype, decoded))
+        if self.scrubber.found_in_bytes(raw):
+            # The address is in the encoded bytes but not in what they decode
+            # to (junk inside base64): send a clean encoding of the content.
+            return self.part_headers(part, new_cte="base64"), base64.encodebytes(decoded)
         return self.part_headers(part), _ensure_crlf_end(raw)
 
     def _text_leaf(self, part: EmailMessage, ctype: str, raw: bytes, cte: str, decoded: bytes,
@@ -370,8 +378,11 @@ class _Writer:
         else:
             self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype,
                                                new_text.encode("utf-8")))
+        # Keep the original bytes only if nothing changed *and* the encoded
+        # form hides nothing the decoder skips (junk lines inside base64).
+        raw_text = raw.decode("latin-1")
         if new_text == text and cte in ("7bit", "8bit", "quoted-printable", "base64", "") and \
-                _lines_fit(raw):
+                _lines_fit(raw) and self.scrubber.text(raw_text) == raw_text:
             return self.part_headers(part), _ensure_crlf_end(raw)
         body, new_cte = _encode_text(new_text, charset, prefer_base64=(cte == "base64"))
         headers = self.part_headers(part, new_cte=new_cte)
@@ -403,7 +414,7 @@ def _content_id_map(message: EmailMessage, hostname: str) -> dict[str, str]:
             continue
         old = _cid_value(str(value))
         if old and old not in mapping:
-            digest = hashlib.sha256((salt + old).encode("utf-8", "surrogateescape")).hexdigest()[:24]
+            digest = hashlib.sha256((salt + old).encode("utf-8", "surrogatepass")).hexdigest()[:24]
             mapping[old] = f"{digest}@{hostname}"
     return mapping
 
@@ -424,7 +435,11 @@ def _raw_payload(part: EmailMessage) -> bytes:
         return payload
     # 8-bit bytes come back from the parser as surrogate escapes; anything
     # it had to decode itself is re-encoded as UTF-8.
-    return str(payload or "").encode("utf-8", "surrogateescape")
+    text = str(payload or "")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no byte produced
+        return text.encode("utf-8", "replace")
 
 
 def _lines_fit(raw: bytes) -> bool:
@@ -496,7 +511,20 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
     for line in data.split(b"\r\n"):
         if len(line) > MAX_LINE:
             raise RewriteError("554 5.6.0 The message has a line the relay cannot fold within 998 octets.")
+    _refuse_literal_leak(data, parties)
     return RewriteResult(data, writer.parts, writer.attachments, subject)
+
+
+def _refuse_literal_leak(data: bytes, parties: Parties) -> None:
+    """Last line of defence: whatever path a part took, the bytes that leave
+    never hold a party's address literally (the reader's own only in To)."""
+    low = data.lower()
+    to_line = _header_line("To", parties.recipient_addresses[0]).lower()
+    low = low.replace(to_line, b"", 1)
+    for address in parties.sender_addresses + parties.recipient_addresses:
+        if address.lower().encode("utf-8", "ignore") in low:
+            raise RewriteError("550 5.7.1 [unscannable] Part of the message could not be cleaned of a personal "
+                               "email address; remove the address and send it again.")
 
 
 def quoted_mailbox(display: str, address: str) -> str:
@@ -529,7 +557,10 @@ def header_text(message: EmailMessage, name: str) -> str:
         return ""
     text = str(value)
     if any("\udc80" <= ch <= "\udcff" for ch in text):
-        raw = text.encode("utf-8", "surrogateescape")
+        try:
+            raw = text.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "replace").decode("utf-8")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:

@@ -191,11 +191,14 @@ def test_long_lines_after_replacement_are_folded():
     assert_clean(out)
 
 
-def test_scrubber_does_not_touch_other_mailboxes_but_hides_the_address_as_a_prefix():
+def test_scrubber_hides_the_address_even_inside_longer_ones():
     scrub = Scrubber({"bob@x.example": "alias@relay.example"})
-    assert scrub.text("jimbob@x.example bob@x.examples bob@x.example") == \
-        "jimbob@x.example bob@x.examples alias@relay.example"
+    assert scrub.text("carol@x.example bob@x.exampl bob@x.example") == \
+        "carol@x.example bob@x.exampl alias@relay.example"
+    assert scrub.text("bob@x.examples") == "alias@relay.examples"
+    # A longer address that shows the real one to a reader is rewritten too.
     assert scrub.text("bob@x.example.pdf") == "alias@relay.example.pdf"
+    assert scrub.text("jimbob@x.example") == "jimalias@relay.example"
 
 
 # ----------------------------------------------------------- properties
