@@ -40,12 +40,15 @@ class FilterSettings:
     critical_quota: int = 10  # critical messages to opted-out buyers per seller per window
     critical_window_days: int = 30
     promotion_phrases: tuple[str, ...] = ()  # added to the built-in English and French lists
+    phone_regions: tuple[str, ...] = ("US", "GB", "FR", "DE")  # national formats recognised; +international always
 
     def action_for(self, code: str) -> str:
         return self.actions.get(code, "reject")
 
 
-_LIST_KEYS = {"order", "link_allow_domains", "attachment_types", "promotion_phrases"}
+_LIST_KEYS = {"order", "link_allow_domains", "attachment_types", "promotion_phrases", "phone_regions"}
+# Kinds relay.filters.attachments can recognise by content, name and declared type.
+ATTACHMENT_KINDS = ("jpeg", "png", "gif", "pdf", "txt", "doc", "docx")
 _INT_KEYS = {"attachment_max_bytes", "attachment_max_count", "unsolicited_limit", "critical_quota", "critical_window_days"}
 
 
@@ -63,7 +66,16 @@ def parse_filter_settings(raw: Any) -> FilterSettings:
         if key in _LIST_KEYS:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise ValueError(f"{name} must be a list of strings")
-            values[key] = tuple(v.lower() if key != "promotion_phrases" else v for v in value)
+            if key == "promotion_phrases":
+                values[key] = tuple(value)
+            elif key == "phone_regions":
+                values[key] = tuple(_phone_region(name, v) for v in value)
+            elif key == "attachment_types":
+                values[key] = tuple(_attachment_kind(name, v) for v in value)
+            elif key == "link_allow_domains":
+                values[key] = tuple(_allow_domain(name, v) for v in value)
+            else:
+                values[key] = tuple(v.lower() for v in value)
         elif key in _INT_KEYS:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer")
@@ -81,3 +93,30 @@ def parse_filter_settings(raw: Any) -> FilterSettings:
         if filter_name not in FILTERS:
             raise ValueError(f"unknown filter {filter_name!r} in filters.order")
     return FilterSettings(**values)
+
+
+def _phone_region(key: str, value: str) -> str:
+    import phonenumbers
+
+    region = value.strip().upper()
+    if region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ValueError(f"{key}: {value!r} is not a two-letter region code known to libphonenumber")
+    return region
+
+
+def _attachment_kind(key: str, value: str) -> str:
+    kind = value.strip().lower().lstrip(".")
+    kind = {"jpg": "jpeg", "text": "txt"}.get(kind, kind)
+    if kind not in ATTACHMENT_KINDS:
+        raise ValueError(f"{key}: unknown attachment type {value!r}; known types are {', '.join(ATTACHMENT_KINDS)}")
+    return kind
+
+
+def _allow_domain(key: str, value: str) -> str:
+    domain = value.strip().lower()
+    if domain.startswith("*."):
+        domain = domain[2:]
+    domain = domain.strip(".")
+    if not domain or "/" in domain or "@" in domain or " " in domain:
+        raise ValueError(f"{key}: {value!r} is not a domain name")
+    return domain

@@ -1,0 +1,372 @@
+"""Shared machinery of the content filters (link, email_address, phone_number,
+promotion, tracking_pixel): where text lives in a message, how HTML is read,
+how text is normalised for matching.
+
+- `text_sources(view)` yields (location, text) for the subject, every
+  text/plain part, and every text/html part converted to the text a reader sees.
+- `scan_html(markup)` parses markup once (stdlib html.parser, cached) into the
+  visible text, the navigation URLs (href, form action, ...) and the resources a
+  mail client would load (img src, CSS url(), background=, <link rel=stylesheet>...).
+- `fold(text)` maps accented letters, typographic apostrophes and odd spaces to
+  plain ASCII one character for one character, so regexes can be written in
+  ASCII while match offsets still point into the original text (fragments are
+  quoted exactly as the seller wrote them).
+
+Every regex here and in the filter modules is compiled once, at import, and is
+written with bounded quantifiers and disjoint alternatives so that matching stays
+linear in the text length (tests/test_filters_robustness.py runs 1 MB inputs).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from html.parser import HTMLParser
+from typing import Iterator
+
+import tldextract
+
+from relay.filters.base import Finding, MessageView
+
+# ---------------------------------------------------------------- folding
+
+
+def _build_fold_table() -> dict[int, str]:
+    table: dict[int, str] = {}
+    for cp in range(0xC0, 0x250):
+        ch = chr(cp)
+        decomposed = unicodedata.normalize("NFKD", ch)
+        base = decomposed[:1]
+        if base.isascii() and base.isalpha() and all(unicodedata.combining(c) for c in decomposed[1:]):
+            if base != ch:
+                table[cp] = base
+    for ch in "\u2018\u2019\u201a\u201b\u02bc\u2032\u00b4`":
+        table[ord(ch)] = "'"
+    for ch in "\u201c\u201d\u201e\u201f\u2033":
+        table[ord(ch)] = '"'
+    for ch in "\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000":
+        table[ord(ch)] = " "
+    for ch in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d":
+        table[ord(ch)] = "-"
+    table[ord("\uff20")] = "@"  # fullwidth commercial at
+    table[ord("\uff0e")] = "."  # fullwidth full stop
+    table[ord("\u3002")] = "."  # ideographic full stop
+    table[ord("\uff0b")] = "+"
+    return table
+
+
+_FOLD_TABLE = _build_fold_table()
+
+
+# Small caches: they only need to live while the chain judges one message (each filter
+# asks for the same folded texts and the same parsed HTML); a big one would pin large texts.
+@lru_cache(maxsize=8)
+def fold(text: str) -> str:
+    """Same length as `text`: offsets into the result are offsets into `text`."""
+    return text.translate(_FOLD_TABLE)
+
+
+def mask(text: str, spans: list[tuple[int, int]]) -> str:
+    """Blank out spans (same length), so later patterns do not see them twice."""
+    if not spans:
+        return text
+    chars = list(text)
+    for start, end in spans:
+        for i in range(start, min(end, len(chars))):
+            if chars[i] != "\n":
+                chars[i] = " "
+    return "".join(chars)
+
+
+class Spans:
+    """Which characters of a text are already claimed; overlap tests cost the span's length,
+    not the number of spans claimed so far."""
+
+    def __init__(self, length: int) -> None:
+        self._taken = bytearray(length)
+
+    def overlaps(self, start: int, end: int) -> bool:
+        return 1 in self._taken[start:end]
+
+    def claim(self, start: int, end: int) -> None:
+        self._taken[start:end] = b"\x01" * (min(end, len(self._taken)) - start)
+
+
+def shorten(fragment: str, limit: int = 2048) -> str:
+    fragment = fragment.strip()
+    return fragment if len(fragment) <= limit else fragment[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- HTML
+
+_BLOCK_TAGS = frozenset({
+    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "fieldset", "figcaption",
+    "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav",
+    "ol", "p", "pre", "section", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "ul", "center",
+})
+_HIDDEN_TAGS = frozenset({"script", "style", "title", "template", "noscript", "head"})
+# Attributes whose value a mail client fetches when it renders the message.
+_RESOURCE_ATTRS = frozenset({"src", "lowsrc", "dynsrc", "poster", "background", "data", "srcset", "imagesrcset"})
+_NAV_LINK_RELS = frozenset({"stylesheet", "icon", "preload", "prefetch", "dns-prefetch", "preconnect",
+                            "prerender", "modulepreload", "apple-touch-icon", "shortcut"})
+_CSS_URL = re.compile(
+    r"""url\(\s{0,20}(?:"([^"\n]{0,4096})"|'([^'\n]{0,4096})'|([^)\s'"]{0,4096}))"""
+    r"""|@import\s{1,20}(?:"([^"\n]{0,4096})"|'([^'\n]{0,4096})')""",
+    re.IGNORECASE,
+)
+_SIZE_ONE = re.compile(r"^\s{0,5}[01](?:\.0{1,5})?\s{0,5}(?:px)?\s{0,5}$", re.IGNORECASE)
+_STYLE_TINY = re.compile(r"(?:^|[;\s])(?:max-)?(?:width|height)\s{0,5}:\s{0,5}[01](?:\.0{1,5})?(?:px)?\s{0,5}(?:;|$|!)",
+                         re.IGNORECASE)
+_STYLE_HIDDEN = re.compile(r"display\s{0,5}:\s{0,5}none|visibility\s{0,5}:\s{0,5}hidden", re.IGNORECASE)
+_REFRESH_URL = re.compile(r"url\s{0,5}=\s{0,5}['\"]?([^'\"\s;]{1,4096})", re.IGNORECASE)
+
+
+@dataclass
+class HtmlScan:
+    text: str = ""
+    # (tag, attribute, value) of navigation targets: a/area href, form action, base href, meta refresh
+    hrefs: list[tuple[str, str, str]] = field(default_factory=list)
+    # (tag, attribute, value) of everything a client loads: img src, srcset, background, CSS url()
+    resources: list[tuple[str, str, str]] = field(default_factory=list)
+    # (href, img src) of images inside a link
+    linked_images: list[tuple[str, str]] = field(default_factory=list)
+    # src of images sized 0/1 px or hidden
+    tiny_images: list[str] = field(default_factory=list)
+    base_href: str = ""
+
+
+class _Scanner(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.scan = HtmlScan()
+        self._text: list[str] = []
+        self._hidden = 0
+        self._in_style = 0
+        self._link_stack: list[str] = []
+
+    # -- helpers
+    def _resource(self, tag: str, attr: str, value: str) -> None:
+        if value and value.strip():
+            self.scan.resources.append((tag, attr, value))
+
+    def _css(self, tag: str, attr: str, css: str) -> None:
+        for m in _CSS_URL.finditer(css):
+            value = next((g for g in m.groups() if g), "")
+            self._resource(tag, attr, value)
+
+    # -- parser callbacks
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k.lower(): (v or "") for k, v in attrs}
+        if tag in _HIDDEN_TAGS and tag != "head":
+            self._hidden += 1
+        if tag == "style":
+            self._in_style += 1
+        if tag in _BLOCK_TAGS:
+            self._text.append("\n")
+        for key in _RESOURCE_ATTRS:
+            value = a.get(key)
+            if not value:
+                continue
+            if key == "data" and tag != "object":
+                continue
+            if key in ("srcset", "imagesrcset"):
+                for candidate in value.split(","):
+                    self._resource(tag, key, candidate.strip().split(" ")[0])
+            else:
+                self._resource(tag, key, value)
+        if tag in ("image", "use", "feimage"):  # SVG
+            for key in ("href", "xlink:href"):
+                if a.get(key):
+                    self._resource(tag, key, a[key])
+        if a.get("style"):
+            self._css(tag, "style", a["style"])
+        if tag == "link" and a.get("href"):
+            rels = set(a.get("rel", "").lower().split())
+            if rels & _NAV_LINK_RELS or not rels:
+                self._resource(tag, "href", a["href"])
+            else:
+                self.scan.hrefs.append((tag, "href", a["href"]))
+        elif tag in ("a", "area") and a.get("href"):
+            self.scan.hrefs.append((tag, "href", a["href"]))
+        elif tag == "base" and a.get("href"):
+            self.scan.hrefs.append((tag, "href", a["href"]))
+            self.scan.base_href = a["href"]
+        if tag == "form" and a.get("action"):
+            self.scan.hrefs.append((tag, "action", a["action"]))
+        if a.get("formaction"):
+            self.scan.hrefs.append((tag, "formaction", a["formaction"]))
+        if tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
+            m = _REFRESH_URL.search(a.get("content", ""))
+            if m:
+                self.scan.hrefs.append((tag, "content", m.group(1)))
+        if tag == "a":
+            self._link_stack.append(a.get("href", ""))
+        if tag == "img":
+            src = a.get("src", "")
+            if self._link_stack and self._link_stack[-1]:
+                self.scan.linked_images.append((self._link_stack[-1], src))
+            style = a.get("style", "")
+            if (_SIZE_ONE.match(a.get("width", "x")) or _SIZE_ONE.match(a.get("height", "x"))
+                    or _STYLE_TINY.search(style) or _STYLE_HIDDEN.search(style)):
+                self.scan.tiny_images.append(src)
+            alt = a.get("alt", "")
+            if alt and not self._hidden:
+                self._text.append(f" {alt} ")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN_TAGS and tag != "head" and self._hidden:
+            self._hidden -= 1
+        if tag == "style" and self._in_style:
+            self._in_style -= 1
+        if tag == "a" and self._link_stack:
+            self._link_stack.pop()
+        if tag in _BLOCK_TAGS:
+            self._text.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if self._in_style:
+            self._css("style", "css", data)
+            return
+        if not self._hidden:
+            self._text.append(data)
+
+
+_TAG_RE = re.compile(r"<[^<>]{0,10000}>")
+
+
+@lru_cache(maxsize=4)
+def scan_html(markup: str) -> HtmlScan:
+    """Parse once; every content filter reuses the result."""
+    scanner = _Scanner()
+    try:
+        scanner.feed(markup)
+        scanner.close()
+        scan = scanner.scan
+        scan.text = "".join(scanner._text)
+    except Exception:  # html.parser is lenient, but never let markup crash the chain
+        import html as _html
+
+        scan = HtmlScan(text=_html.unescape(_TAG_RE.sub(" ", markup)))
+    return scan
+
+
+# ---------------------------------------------------------------- URLs
+
+_SCHEME = re.compile(r"^([a-z][a-z0-9+.\-]{0,30}):", re.IGNORECASE)
+_URL_JUNK = re.compile(r"[\x00-\x20\x7f]")
+LOCAL_SCHEMES = frozenset({"cid", "data", "about", "mid", "#"})
+
+
+def clean_url(value: str) -> str:
+    """What a browser makes of an attribute value: no whitespace or control characters."""
+    return _URL_JUNK.sub("", value)
+
+
+def url_scheme(value: str) -> str:
+    """'http', 'mailto', ... ; '//' for protocol-relative; '' for relative."""
+    url = clean_url(value)
+    if url.startswith(("//", "\\\\", "/\\", "\\/")):
+        return "//"
+    m = _SCHEME.match(url)
+    return m.group(1).lower() if m else ""
+
+
+def is_remote(value: str, base_href: str = "") -> bool:
+    """Would a mail client fetch this over the network?"""
+    url = clean_url(value)
+    if not url or url.startswith("#"):
+        return False
+    scheme = url_scheme(url)
+    if scheme in LOCAL_SCHEMES:
+        return False
+    if scheme:
+        return True
+    return bool(base_href) and is_remote(base_href)
+
+
+# ---------------------------------------------------------------- domains
+
+
+def domain_allowed(host: str, allowed: tuple[str, ...] | list[str], relay_domain: str) -> bool:
+    host = host.lower().rstrip(".")
+    if not host:
+        return False
+    for domain in (*allowed, relay_domain):
+        domain = domain.lower().strip().lstrip("*").strip(".")
+        if domain and (host == domain or host.endswith("." + domain)):
+            return True
+    return False
+
+
+# ---------------------------------------------------------------- sources
+
+
+def text_sources(view: MessageView) -> Iterator[tuple[str, str]]:
+    """(location, text) of everything a reader sees as text."""
+    if view.subject:
+        yield "subject", view.subject
+    for part in view.parts:
+        if part.content_type == "text/html":
+            yield part.location, scan_html(part.text).text
+        else:
+            yield part.location, part.text
+
+
+def html_scans(view: MessageView) -> Iterator[tuple[str, HtmlScan]]:
+    for part in view.parts:
+        if part.content_type == "text/html":
+            yield part.location, scan_html(part.text)
+
+
+MAX_FINDINGS = 200
+
+
+class Findings:
+    """Collects findings, one per (location, fragment).
+
+    Past MAX_FINDINGS distinct fragments, one last finding with an empty fragment says so:
+    the chain cannot redact an empty fragment, so such a message is rejected even where
+    the rule's action is `redact`, rather than relayed with fragments left in."""
+
+    def __init__(self, code: str, sentence: str) -> None:
+        self.code = code
+        self.sentence = sentence
+        self._seen: set[tuple[str, str]] = set()
+        self.items: list[Finding] = []
+        self.full = False
+
+    def add(self, fragment: str, location: str, sentence: str | None = None) -> None:
+        if self.full:
+            return
+        fragment = shorten(fragment)
+        key = (location, fragment)
+        if key in self._seen:
+            return
+        if len(self.items) >= MAX_FINDINGS:
+            self.full = True
+            self.items.append(Finding(self.code, "", location, f"{self.sentence} (More than {MAX_FINDINGS} found.)"))
+            return
+        self._seen.add(key)
+        self.items.append(Finding(self.code, fragment, location, sentence or self.sentence))
+
+
+# ---------------------------------------------------------------- public suffixes
+
+# The bundled Public Suffix List snapshot only: never fetch, never write a cache.
+_TLD_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
+# Reserved names (RFC 2606/6761) that operators and test suites use as real domains.
+RESERVED_TLDS = frozenset({"example", "test", "invalid", "localhost"})
+
+
+@lru_cache(maxsize=4096)
+def split_host(host: str) -> tuple[str, str, str]:
+    """(subdomain, registrable label, public suffix) of a host name; suffix '' if unknown.
+    Reserved test TLDs count as suffixes."""
+    host = host.lower().strip(".")
+    labels = host.split(".")
+    if len(labels) >= 2 and labels[-1] in RESERVED_TLDS:
+        return ".".join(labels[:-2]), labels[-2], labels[-1]
+    ext = _TLD_EXTRACT(host)
+    return ext.subdomain, ext.domain, ext.suffix
