@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 import secrets
@@ -186,8 +187,17 @@ def clean_header_text(value: str) -> str:
     return "".join(ch for ch in value if ord(ch) >= 32 and ord(ch) != 127).strip()
 
 
+_PLAIN_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
 def _header_line(name: str, value: str) -> bytes:
     value = clean_header_text(value)
+    # Fast path for the common case (most headers, every message): short
+    # printable ASCII needs no folding and no encoding.  "=?" is excluded so
+    # decoded text that looks like an encoded word is re-encoded, never
+    # decoded a second time by the reader's client.
+    if len(name) + len(value) <= 76 and "=?" not in value and _PLAIN_HEADER_VALUE.fullmatch(value):
+        return f"{name}: {value}\r\n".encode("ascii")
     try:
         folded = OUT_POLICY.fold_binary(name, value)
     except Exception:
@@ -474,7 +484,14 @@ def _encode_text(text: str, charset: str, prefer_base64: bool) -> tuple[bytes, s
 def build_scrubber(parties: Parties) -> Scrubber:
     replacements = {a: parties.sender_alias for a in parties.sender_addresses}
     replacements.update({a: parties.recipient_alias for a in parties.recipient_addresses})
-    return Scrubber(replacements)
+    return _cached_scrubber(tuple(sorted(replacements.items())))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_scrubber(replacements: tuple[tuple[str, str], ...]) -> Scrubber:
+    """Building the pattern costs more than scrubbing a message; an order's
+    parties write many messages."""
+    return Scrubber(dict(replacements))
 
 
 def rewrite_message(message: EmailMessage, parties: Parties, threading: Threading,
