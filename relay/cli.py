@@ -15,7 +15,7 @@ import sys
 from typing import Any, Sequence
 
 from relay.aliases import AddressError, mint_alias, normalize_address
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import ConfigError, Settings, check_files, load_settings
 from relay.store import NotFound, StorageError, Store
 
 
@@ -48,6 +48,11 @@ def build_parser() -> ArgumentParser:
     add.add_argument("--name", required=True)
     add.add_argument("--email", action="append", required=True,
                      help="approved sender address; the first receives buyer mail")
+
+    passwd = seller.add_parser("passwd", parents=[common],
+                               help="set a seller's submission (SMTP AUTH) password: one line on stdin, "
+                                    "or prompted twice on a terminal")
+    passwd.add_argument("id")
 
     order = sub.add_parser("order", parents=[common], help="orders").add_subparsers(
         dest="action", required=True, parser_class=ArgumentParser)
@@ -96,6 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("check-config", "serve"):
+        try:
+            check_files(settings)
+        except ConfigError as exc:
+            print(f"relay: configuration error: {exc}", file=sys.stderr)
+            return 2
     if args.command == "check-config":
         print(f"configuration OK ({settings.source})")
         return 0
@@ -108,6 +119,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from relay.logs import configure_logging
 
     configure_logging("warning")
+    if (args.command, args.action) == ("seller", "passwd"):
+        # Read (and hash) the password before the store is opened: a prompt
+        # must not hold anything open, and a bad input changes nothing.
+        try:
+            args.password_hash = _read_password_hash()
+        except UsageError as exc:
+            print(f"relay: {exc}", file=sys.stderr)
+            return 2
     return _run(_with_store(settings, args))
 
 
@@ -120,7 +139,7 @@ def _run(coro) -> int:
 
 async def _with_store(settings: Settings, args: argparse.Namespace) -> int:
     try:
-        store = await Store.open(settings.store.path)
+        store = await Store.open(settings.store.path, settings.store.busy_timeout)
     except StorageError as exc:
         print(f"relay: cannot open the store {settings.store.path}: {exc}", file=sys.stderr)
         return 1
@@ -158,6 +177,45 @@ async def seller_add(store: Store, settings: Settings, args: argparse.Namespace)
             emails.append(address)
     seller = await store.add_seller(args.id, args.name, emails)
     _print_json({"seller": seller.id, "name": seller.name, "emails": list(seller.emails)})
+    return 0
+
+
+def _read_password_hash() -> str:
+    """One line from stdin when it is not a terminal (scripts, provisioning),
+    else a getpass prompt twice; returns the relay.passwords hash."""
+    from relay.passwords import MAX_PASSWORD_BYTES, hash_password
+
+    if sys.stdin is None:
+        raise UsageError("no password given: pipe one line to stdin")
+    if sys.stdin.isatty():
+        import getpass
+
+        try:
+            first = getpass.getpass("New password: ")
+            second = getpass.getpass("Repeat the password: ")
+        except EOFError:
+            raise UsageError("no password given") from None
+        if first != second:
+            raise UsageError("the two passwords do not match; nothing was changed")
+        password = first
+    else:
+        try:
+            password = sys.stdin.readline().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise UsageError("the password on stdin is not valid UTF-8") from None
+    if not password:
+        raise UsageError("the password must not be empty")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise UsageError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes")
+    return hash_password(password)
+
+
+async def seller_passwd(store: Store, settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        await store.set_seller_password(args.id, args.password_hash)
+    except NotFound:
+        raise UsageError(f"unknown seller {args.id!r}; add it first with `relay seller add`") from None
+    _print_json({"seller": args.id, "password": "set"})
     return 0
 
 
@@ -271,6 +329,7 @@ async def filter_test(store: Store, settings: Settings, args: argparse.Namespace
 
 COMMANDS = {
     ("seller", "add"): seller_add,
+    ("seller", "passwd"): seller_passwd,
     ("order", "open"): order_open,
     ("optout", "add"): optout_add,
     ("optout", "remove"): optout_remove,

@@ -34,11 +34,21 @@ class RelaySection:
 @dataclass(frozen=True)
 class StoreSection:
     path: str = "var/relay.sqlite3"
+    busy_timeout: float = 10.0  # seconds to wait for a lock held by another process, then 451
 
 
 @dataclass(frozen=True)
 class ListenSection:
     mx: str = "127.0.0.1:2525"
+    # Sellers' submission port (STARTTLS, then AUTH); "" = off. Needs [tls].
+    submission: str = ""
+
+
+@dataclass(frozen=True)
+class TLSSection:
+    # PEM certificate chain (leaf first) and its key; both "" = no STARTTLS offered.
+    cert: str = ""
+    key: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class DeliverySection:
     smarthost: str = "127.0.0.1:2526"
     maildir: str = "var/outbox"  # used when mode = "maildir"
     tls: str = "opportunistic"  # STARTTLS to the smarthost: "none", "opportunistic" or "required"
+    cafile: str = ""  # CA bundle that verifies the smarthost when tls = "required"; "" = system store
     connections: int = 4  # persistent connections kept to the smarthost
     timeout: float = 60.0  # seconds for each SMTP step to the smarthost
     # RFC 5321 section 4.5.4.1: retry with back-off, give up after 4-5 days.
@@ -64,6 +75,29 @@ class LimitsSection:
     mime_depth: int = 20  # nested multiparts (deeper ones crash serialisers)
     recipients: int = 1  # alias recipients per transaction; more get 452 4.5.3
     command_timeout: float = 300.0  # RFC 5321 section 4.5.3.2
+    # Connection floods (THREATS #17): caps checked at accept time, 421 4.7.0.
+    max_connections: int = 200  # all listeners together
+    max_connections_per_ip: int = 20  # per IPv4 address or IPv6 /64
+    session_timeout: float = 1200.0  # a session's whole life, 421 4.4.2 (chasquid: 20 min)
+    error_limit: int = 20  # 5xx replies per session, then 421 4.7.0 (Postfix hard limit)
+    transactions: int = 100  # MAIL commands per session, then 421 4.7.0 (OpenSMTPD)
+    command_limit: int = 20  # NOOP, RSET, VRFY, EXPN and HELP, each, per session
+    # Directory harvest (THREATS #33): unknown recipients per client in a window.
+    harvest_limit: int = 50  # then 421 4.7.0 and close
+    harvest_window: float = 3600.0
+    tarpit_free: int = 10  # unknown recipients answered at once
+    tarpit_step: float = 1.0  # then a delay from this, doubling
+    tarpit_max: float = 30.0  # well below the 5-minute client timeout
+    # AUTH on the submission port (THREATS #18).
+    auth_failures: int = 3  # per session, then 421 4.7.0 and close
+    auth_ip_failures: int = 10  # per client in auth_window, then AUTH gets 454 4.7.0
+    auth_window: float = 900.0
+    drain_timeout: float = 30.0  # on SIGTERM, time for transactions in progress to finish
+
+
+@dataclass(frozen=True)
+class MetricsSection:
+    listen: str = ""  # GET /metrics and /healthz, e.g. "127.0.0.1:9325"; "" = off
 
 
 @dataclass(frozen=True)
@@ -76,8 +110,10 @@ class Settings:
     relay: RelaySection = field(default_factory=RelaySection)
     store: StoreSection = field(default_factory=StoreSection)
     listen: ListenSection = field(default_factory=ListenSection)
+    tls: TLSSection = field(default_factory=TLSSection)
     delivery: DeliverySection = field(default_factory=DeliverySection)
     limits: LimitsSection = field(default_factory=LimitsSection)
+    metrics: MetricsSection = field(default_factory=MetricsSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
     filters: FilterSettings = field(default_factory=FilterSettings)
     source: str = "embedded development default"
@@ -87,8 +123,10 @@ _SECTIONS = {
     "relay": RelaySection,
     "store": StoreSection,
     "listen": ListenSection,
+    "tls": TLSSection,
     "delivery": DeliverySection,
     "limits": LimitsSection,
+    "metrics": MetricsSection,
     "logging": LoggingSection,
 }
 
@@ -138,6 +176,14 @@ def _validate(settings: Settings) -> None:
     for key in ("listen.mx", "delivery.smarthost"):
         section, name = key.split(".")
         parse_hostport(key, getattr(getattr(settings, section), name))
+    for key in ("listen.submission", "metrics.listen"):  # optional: "" = off
+        section, name = key.split(".")
+        if getattr(getattr(settings, section), name):
+            parse_hostport(key, getattr(getattr(settings, section), name))
+    if bool(settings.tls.cert) != bool(settings.tls.key):
+        raise ConfigError("tls.cert and tls.key must be set together (or both left empty)")
+    if settings.listen.submission and not settings.tls.cert:
+        raise ConfigError("listen.submission needs tls.cert and tls.key: AUTH is offered only after STARTTLS")
     for key, value in (("relay.domain", settings.relay.domain), ("relay.hostname", settings.relay.hostname)):
         if not value or any(c.isspace() or c in "@<>[]" for c in value) or value != value.lower():
             raise ConfigError(f"{key} must be a lowercase domain name, not {value!r}")
@@ -147,12 +193,44 @@ def _validate(settings: Settings) -> None:
                 ("delivery.timeout", settings.delivery.timeout), ("delivery.retry_initial", settings.delivery.retry_initial),
                 ("delivery.retry_max", settings.delivery.retry_max), ("delivery.lifetime", settings.delivery.lifetime),
                 ("delivery.poll_interval", settings.delivery.poll_interval),
-                ("limits.command_timeout", settings.limits.command_timeout)]
+                ("limits.command_timeout", settings.limits.command_timeout),
+                ("store.busy_timeout", settings.store.busy_timeout)]
+    lim = settings.limits
+    positive += [(f"limits.{name}", getattr(lim, name)) for name in (
+        "max_connections", "max_connections_per_ip", "session_timeout", "error_limit", "transactions",
+        "command_limit", "harvest_limit", "harvest_window", "tarpit_step", "auth_failures", "auth_ip_failures",
+        "auth_window", "drain_timeout")]
     for key, value in positive:
         if value <= 0:
             raise ConfigError(f"{key} must be greater than zero")
+    for key, value in (("limits.tarpit_free", lim.tarpit_free), ("limits.tarpit_max", lim.tarpit_max)):
+        if value < 0:
+            raise ConfigError(f"{key} must not be negative")
     if "@" not in settings.relay.postmaster:
         raise ConfigError("relay.postmaster must be an email address")
+
+
+def check_files(settings: Settings) -> None:
+    """Load the files the configuration names (TLS certificate and key, CA
+    bundle), so that `check-config`, start-up and SIGHUP refuse a broken one
+    naming the key instead of failing at the first STARTTLS."""
+    from relay.tls import client_context, server_context
+
+    if settings.tls.cert:
+        for key, path in (("tls.cert", settings.tls.cert), ("tls.key", settings.tls.key)):
+            if not os.path.isfile(path):
+                raise ConfigError(f"{key}: {path} does not exist or is not a file")
+        try:
+            server_context(settings.tls.cert, settings.tls.key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ConfigError(f"tls.cert and tls.key cannot be loaded as a certificate and its key: "
+                              f"{getattr(exc, 'reason', None) or exc}") from None
+    if settings.delivery.cafile:
+        try:
+            client_context(verify=True, cafile=settings.delivery.cafile)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"delivery.cafile: {settings.delivery.cafile} cannot be loaded: "
+                              f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}") from None
 
 
 def parse_hostport(key: str, value: str) -> tuple[str, int]:

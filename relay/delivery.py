@@ -236,13 +236,24 @@ class Delivery:
                 raise TransientFailure(type(exc).__name__) from exc
 
     async def _connect(self) -> aiosmtplib.SMTP:
+        from relay.tls import client_context
+
         host, port = parse_hostport("delivery.smarthost", self.settings.delivery.smarthost)
         tls = self.settings.delivery.tls
+        # "required": the smarthost's chain must verify against delivery.cafile
+        # (or the system store) and name the configured host; "opportunistic":
+        # encrypt when offered, without authentication (RFC 7435).  A CA file
+        # that cannot be read is an OSError: the entry is deferred, not lost.
+        context = None
+        if tls == "required":
+            context = client_context(verify=True, cafile=self.settings.delivery.cafile or None)
+        elif tls == "opportunistic":
+            context = client_context(verify=False)
         client = aiosmtplib.SMTP(
             hostname=host, port=port, timeout=self.settings.delivery.timeout,
             local_hostname=self.settings.relay.hostname,
             start_tls=(None if tls == "opportunistic" else tls == "required"),
-            validate_certs=(tls == "required"))
+            validate_certs=(tls == "required"), tls_context=context)
         await client.connect()
         return client
 

@@ -2,7 +2,7 @@
 
 Event names (the only ones the relay emits):
   relay.started relay.stopping relay.stopped relay.reloaded relay.reload_failed
-  session.refused rcpt.refused
+  session.refused session.authenticated rcpt.refused
   message.accepted message.rejected message.deferred_by_storage message.error
   delivery.sent delivery.deferred delivery.failed delivery.error
   bounce.received postmaster.received
@@ -18,7 +18,7 @@ import structlog
 
 EVENTS = frozenset("""
 relay.started relay.stopping relay.stopped relay.reloaded relay.reload_failed
-session.refused rcpt.refused message.accepted message.rejected message.deferred_by_storage message.error
+session.refused session.authenticated rcpt.refused message.accepted message.rejected message.deferred_by_storage message.error
 delivery.sent delivery.deferred delivery.failed delivery.error bounce.received postmaster.received
 """.split())
 

@@ -5,29 +5,89 @@ back.  aiosmtpd's defaults that leak or mislead are overridden here: the
 banner names no software, unexpected exceptions answer `451 4.3.0` with no
 detail (never `500 Error: (Class) text`), and aiosmtpd's bare replies for size
 and line limits get the enhanced status codes RFC 3463 asks for.
+
+Two listeners share one handler:
+
+* the MX (`listen.mx`): mail to aliases from anywhere; STARTTLS offered, never
+  required (RFC 3207 section 4), AUTH never offered;
+* submission (`listen.submission`, optional): sellers authenticate (STARTTLS
+  first, then AUTH PLAIN or LOGIN with seller id and password) and may then
+  write to the buyer aliases of their own orders from any address.
+
+The session guards of THREATS section B live in `RelaySMTP`: connection caps
+at accept time, a session time cap, an error budget, a transaction cap, a
+NOOP/RSET/VRFY budget, the directory-harvest tarpit and the AUTH limits.  Every
+`421` the relay sends closes the connection (RFC 5321 section 3.8).
+
+Life cycle (systemd `Type=notify`, relay.notify): READY=1 once the store is
+open and every listener is bound; WATCHDOG=1 from the event loop; SIGHUP sends
+RELOADING=1, re-reads the configuration (a broken one is refused, the old one
+stays) and READY=1 again; SIGTERM sends STOPPING=1, stops accepting, lets
+DATA transactions in progress finish (bounded by `limits.drain_timeout`) and
+exits 0.  A client either got its `250` (the message is stored and is
+delivered after the next start) or did not (nothing of it is stored).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import signal
 import time
+from base64 import b64decode
+from email import policy
 from email._header_value_parser import get_addr_spec
 from email.errors import HeaderParseError
-from typing import Any
+from email.parser import BytesHeaderParser
+from typing import Any, Callable
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
+from prometheus_client import Counter
 
-from relay.config import ConfigError, Settings, load_settings, parse_hostport
+from relay import notify
+from relay.aliases import AddressError, normalize_address, split_address
+from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport
 from relay.delivery import Delivery
+from relay.limits import ConnectionLimiter, RateLimiter, ip_key, tarpit_delay
 from relay.logs import get_logger
-from relay.pipeline import Pipeline, Recipient
+from relay.metrics import Metrics, start_http
+from relay.passwords import verify_password
+from relay.pipeline import Outcome, Pipeline, Recipient
 from relay.store import StorageError, Store
+from relay.tls import server_context
 
 BANNER_IDENT = "ESMTP ready"
 INTERNAL_ERROR = "451 4.3.0 Internal error, please try again later"
 LOCAL_PART_LIMIT = 64  # RFC 5321 section 4.5.3.1.1
 PATH_LIMIT = 256  # RFC 5321 section 4.5.3.1.3
+
+# Session guards (THREATS section B).  Every 421 closes the connection.
+TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
+SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
+SESSION_TOO_LONG = "421 4.4.2 Session time limit exceeded, closing connection"
+COMMAND_TIMEOUT = "421 4.4.2 Timeout waiting for a command, closing connection"
+TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
+TOO_MANY_TRANSACTIONS = "421 4.7.0 Too many transactions in one session, closing connection"
+HARVEST = "421 4.7.0 Too many unknown recipients, try again later"
+TLS_ACTIVE = "503 5.5.1 TLS is already active"
+
+# AUTH (RFC 4954), on the submission listener only (THREATS #18).
+AUTH_INVALID = "535 5.7.8 Authentication credentials invalid"
+AUTH_TOO_MANY = "421 4.7.0 Too many failed authentication attempts, closing connection"
+AUTH_RATE_LIMITED = "454 4.7.0 Too many failed authentication attempts from your address, try again later"
+AUTH_TEMPORARY = "454 4.7.0 Temporary authentication failure, please try again later"
+AUTH_NOT_HERE = "502 5.5.1 AUTH is not available on this port"
+SUBMISSION_NEEDS_SENDER = "501 5.1.7 The submission port needs a sender address"
+SUBMISSION_OWN_ORDERS_ONLY = ("550 5.7.1 The submission port accepts mail only to the buyer aliases "
+                              "of your own orders")
+
+# aiosmtpd's other commands (EHLO, HELO, MAIL, RCPT, DATA, QUIT, STARTTLS, AUTH)
+# are bounded by other guards; this only stops a runaway client.
+OTHER_COMMAND_LIMIT = 1000
+QUEUE_STATS_INTERVAL = 5.0  # seconds between queue gauge refreshes when nothing happens
+PRUNE_INTERVAL = 60.0  # seconds between rate-limiter clean-ups
+PIPELINE_GRACE = 10.0  # after the drain: a message being committed is not cut off
 
 # aiosmtpd's fixed replies, given enhanced status codes (RFC 3463).
 _REPLY_TRANSLATIONS = {
@@ -36,74 +96,374 @@ _REPLY_TRANSLATIONS = {
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 section 4.5.3.1.6)",
     "500 Command line too long": "500 5.5.2 Command line too long",
     "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
+    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
 }
+_SIZE_REPLIES = {"552 Error: Too much mail data", "552 Error: message size exceeds fixed maximum message size"}
+_CALL_LIMIT_REPLY = re.compile(r"421 4\.7\.0 \w+ sent too many times")
+_REASON_IN_REPLY = re.compile(r"\[(\w+)\]")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")  # a reply line is printable US-ASCII (RFC 5321 section 4.2)
+
+
+class StartError(Exception):
+    """The daemon cannot start (a listener cannot bind); the message says which."""
 
 
 class RelaySMTP(SMTP):
-    """aiosmtpd's protocol with our replies and session accounting."""
+    """aiosmtpd's protocol with our replies and the session guards.
 
-    def __init__(self, handler: "RelayHandler", **kwargs: Any):
+    Per-connection state lives here rather than in aiosmtpd's `Session`,
+    which STARTTLS replaces (RFC 3207 section 4.2), so that no budget is reset
+    by upgrading the connection.
+    """
+
+    def __init__(self, handler: "RelayHandler", daemon: "RelayDaemon | None" = None, listener: str = "mx",
+                 **kwargs: Any):
         super().__init__(handler, **kwargs)
         self.relay_handler = handler
+        self.daemon = daemon
+        self.listener = listener
+        self.peer_ip = ""
+        self.refused = False  # closed at accept time (connection caps)
+        self.admitted = False  # holds a ConnectionLimiter slot
+        self.in_data = False  # between the DATA command and its final reply
+        self.handler_busy = False  # the pipeline is working on this session's message
+        self.expire_pending = False  # the session cap fell during DATA: close after the reply
+        self.errors = 0
+        self.transactions = 0
+        self.auth_failures = 0
+        self.seller_id: str | None = None  # set by a successful AUTH (submission)
+        self.transaction_started: float | None = None
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._lost = False
+
+    @property
+    def submission(self) -> bool:
+        return self.listener == "submission"
+
+    # ------------------------------------------------------------ connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._original_transport is not None:  # the STARTTLS upgrade of this same connection
+            super().connection_made(transport)
+            return
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+        d = self.daemon
+        if d is not None:
+            if d.stopping:
+                self._refuse(transport, SHUTTING_DOWN, "shutting_down")
+                return
+            if not d.connections.try_acquire(self.peer_ip):
+                self._refuse(transport, TOO_MANY_CONNECTIONS, "too_many_connections")
+                return
+            self.admitted = True
+            d.metrics.session_opened()
+            self._session_timer = asyncio.get_running_loop().call_later(
+                d.settings.limits.session_timeout, self._session_expired)
         self.relay_handler.sessions.add(self)
         super().connection_made(transport)
 
+    def _refuse(self, transport: asyncio.BaseTransport, reply: str, reason: str) -> None:
+        """RFC 5321 section 3.1: a server may answer the greeting with 421 and close."""
+        self.refused = True
+        transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+        transport.close()
+        if self.daemon is not None:
+            self.daemon.session_dropped(reason, self.listener)
+
     def connection_lost(self, error: Exception | None) -> None:
-        self.relay_handler.sessions.discard(self)
+        if self.refused:
+            return  # aiosmtpd never saw this connection
+        if not self._lost:  # aiosmtpd itself calls this twice after a failed TLS handshake
+            self._lost = True
+            if self._session_timer is not None:
+                self._session_timer.cancel()
+            self.relay_handler.sessions.discard(self)
+            if self.admitted and self.daemon is not None:
+                self.daemon.connections.release(self.peer_ip)
+                self.daemon.metrics.session_closed()
+                self.daemon.data_changed()
         super().connection_lost(error)
 
+    def drop(self, reply: str, reason: str) -> None:
+        """Say `reply` (a 421) and close, whatever the session is doing."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(reply.encode("ascii") + b"\r\n")  # type: ignore[attr-defined]
+        transport.close()
+        if self.daemon is not None:
+            self.daemon.session_dropped(reason, self.listener)
+
+    def note_drop(self, reason: str) -> None:
+        """A hook is about to return a 421 (which `push` follows with a close)."""
+        if self.daemon is not None:
+            self.daemon.session_dropped(reason, self.listener)
+
+    def _session_expired(self) -> None:
+        self._session_timer = None
+        if self.in_data:
+            self.expire_pending = True  # never cut a transaction off between its data and its reply
+        else:
+            self.drop(SESSION_TOO_LONG, "session_time")
+
+    def _timeout_cb(self) -> None:
+        # aiosmtpd closes silently after `timeout` seconds without a command;
+        # RFC 5321 section 4.5.3.2 lets us say 421 first.  The pipeline
+        # committing a message is not a silent client: wait for it.
+        if self.handler_busy:
+            self._reset_timeout()
+            return
+        self.drop(COMMAND_TIMEOUT, "command_timeout")
+
+    # --------------------------------------------------------------- replies
+
     async def push(self, status: Any) -> None:
+        close = over_budget = False
         if isinstance(status, str):
+            original = status
             status = _REPLY_TRANSLATIONS.get(status, status)
             if status.startswith("500 Error: (") or status.startswith("500 Error: Cannot describe"):
                 status = INTERNAL_ERROR
+            elif status.startswith('500 Error: command "'):
+                # aiosmtpd echoes the unknown verb, control characters included
+                # (a vertical tab splits the reply line for some clients).
+                status = "500 5.5.1 Command not recognized"
+            status = _UNPRINTABLE.sub("?", status)
+            d = self.daemon
+            if d is not None:
+                if original in _SIZE_REPLIES:
+                    d.metrics.message_rejected("message_too_large")
+                if _CALL_LIMIT_REPLY.match(status):
+                    d.session_dropped("command_limit", self.listener)
+                if status.startswith("5"):
+                    self.errors += 1
+                    over_budget = self.errors >= d.settings.limits.error_limit
+            close = status.startswith("421")
         await super().push(status)
+        if over_budget and not close:
+            # THREATS #15: after N errors, 421 and close (Postfix's hard limit is 20).
+            await super().push(TOO_MANY_ERRORS)
+            self.note_drop("error_limit")
+            close = True
+        if close and self.transport is not None:
+            self.transport.close()
+
+    # -------------------------------------------------------------- commands
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        self.in_data = True
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.in_data = False
+            d = self.daemon
+            if d is not None:
+                d.data_changed()
+                if d.stopping:
+                    self.drop(SHUTTING_DOWN, "shutdown")
+                elif self.expire_pending:
+                    self.drop(SESSION_TOO_LONG, "session_time")
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        # RFC 3207 section 4.2: once TLS is up, STARTTLS is not offered again.
+        if self._tls_protocol is not None:
+            await self.push(TLS_ACTIVE)
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.submission or self.daemon is None:
+            await self.push(AUTH_NOT_HERE)  # never AUTH on the MX (THREATS #18)
+            return
+        ready_for_auth = (self._tls_protocol is not None and self.session is not None
+                          and self.session.extended_smtp and not self.session.authenticated and arg)
+        if ready_for_auth and self.daemon.auth_limiter.blocked(ip_key(self.peer_ip)):
+            self.daemon.metrics.message_rejected("rate_limited")
+            self.auth_failures += 1
+            await self.push(AUTH_RATE_LIMITED)
+        else:
+            await super().smtp_AUTH(arg)
+        if self.auth_failures >= self.daemon.settings.limits.auth_failures and \
+                self.session is not None and not self.session.authenticated:
+            self.note_drop("auth_failures")
+            await self.push(AUTH_TOO_MANY)
+
+    # aiosmtpd calls a synchronous authenticator; ours needs the store and
+    # scrypt (off the event loop), so the two mechanisms are re-implemented
+    # here, with aiosmtpd's parsing, around an asynchronous check.
+
+    async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return self._auth_malformed()
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except Exception:
+                await self.push("501 5.5.2 Can't decode base64")
+                return self._auth_malformed()
+        try:
+            _authz, login, password = blob.split(b"\x00")  # RFC 4616
+        except ValueError:
+            await self.push("501 5.5.2 Can't split auth value")
+            return self._auth_malformed()
+        return await self._check_credentials(login, password)
+
+    async def auth_LOGIN(self, _: Any, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            login = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if login is MISSING:
+                return self._auth_malformed()
+        else:
+            try:
+                login = b64decode(args[1].encode(), validate=True)
+            except Exception:
+                await self.push("501 5.5.2 Can't decode base64")
+                return self._auth_malformed()
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return self._auth_malformed()
+        return await self._check_credentials(login, password)
+
+    def _auth_malformed(self) -> AuthResult:
+        """An aborted or garbled exchange (already answered 501) counts as a failure."""
+        self._auth_failed()
+        return AuthResult(success=False, handled=True)
+
+    def _auth_failed(self) -> None:
+        self.auth_failures += 1
+        if self.daemon is not None:
+            self.daemon.auth_limiter.hit(ip_key(self.peer_ip))
+            self.daemon.metrics.message_rejected("auth_failed")
+            self.daemon.log.info("session.refused", reason="auth_failed", listener=self.listener)
+
+    async def _check_credentials(self, login: bytes, password: bytes) -> AuthResult:
+        d = self.daemon
+        assert d is not None and d.store is not None
+        try:
+            seller_id: str | None = login.decode("utf-8")
+            secret = password.decode("utf-8")
+        except UnicodeDecodeError:
+            seller_id, secret = None, ""
+        try:
+            stored = await d.store.seller_password(seller_id) if seller_id else None
+        except StorageError:
+            await self.push(AUTH_TEMPORARY)
+            return AuthResult(success=False, handled=True)
+        # The same scrypt work for unknown sellers, sellers without a password
+        # and wrong passwords: one reply, one timing (relay.passwords).
+        ok = await asyncio.to_thread(verify_password, secret, stored)
+        if not ok:
+            self._auth_failed()
+            return AuthResult(success=False, handled=False, message=AUTH_INVALID)
+        self.seller_id = seller_id
+        d.log.info("session.authenticated", seller=seller_id, listener=self.listener)
+        return AuthResult(success=True, auth_data=seller_id)
 
 
 class RelayHandler:
-    def __init__(self, pipeline: Pipeline):
+    def __init__(self, pipeline: Pipeline, daemon: "RelayDaemon | None" = None):
         self.pipeline = pipeline
+        self.daemon = daemon
         self.log = get_logger()
         self.sessions: set[RelaySMTP] = set()
         self.transactions = 0
         self.idle = asyncio.Event()
         self.idle.set()
 
+    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname  # aiosmtpd leaves this to a handler that has this hook
+        if getattr(server, "listener", "mx") != "submission":
+            # aiosmtpd offers AUTH on any TLS session; the MX never authenticates anyone.
+            responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        return responses
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
-        # "<>" is the null reverse-path (RFC 5321 section 4.5.5), kept as is
-        # because aiosmtpd treats an empty mail_from as "no MAIL yet".
-        if address and address != "<>" and _address_defect(address):
+        guarded = isinstance(server, RelaySMTP) and server.daemon is not None
+        if guarded:
+            server.transactions += 1
+            if server.transactions > server.daemon.settings.limits.transactions:  # THREATS #19
+                server.note_drop("transaction_limit")
+                return TOO_MANY_TRANSACTIONS
+        # aiosmtpd hands the null reverse-path (bounces, RFC 5321 section
+        # 4.5.5) over as "<>"; it stays that way so a nested MAIL is still seen.
+        null_sender = address in ("", "<>")
+        if not null_sender and _address_defect(address):
+            self._count_refusal("bad_address")
             return "553 5.1.7 The sender address is malformed"
+        if null_sender and getattr(server, "listener", "mx") == "submission":
+            return SUBMISSION_NEEDS_SENDER
         # DSN parameters (NOTIFY, ORCPT, RET, ENVID) are accepted and never
         # forwarded: far-side reports would name real addresses (THREATS #32).
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.relay_recipient = None  # type: ignore[attr-defined]
+        if guarded:
+            server.transaction_started = time.perf_counter()
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
         defect = _address_defect(address)
         if defect:
+            self._count_refusal("bad_address")
             return f"501 5.1.3 Bad recipient address syntax: {defect}"
+        submission = getattr(server, "listener", "mx") == "submission"
         recipient, reply = await self.pipeline.resolve_recipient(address)
         if recipient is None:
             self.log.info("rcpt.refused", reply=reply[:9])
+            if reply.startswith("550 5.1.1") and not submission and isinstance(server, RelaySMTP):
+                reply = await self._tarpit(server, reply)
+            self._count_refusal(_reason_for_reply(reply))
             return reply
         current: Recipient | None = getattr(envelope, "relay_recipient", None)
         if current is not None:
             if current.address == recipient.address:
                 return "250 2.1.5 OK (duplicate recipient ignored)"
             # One exchange per transaction: each alias has its own checks and reply.
+            self._count_refusal("too_many_recipients")
             return "452 4.5.3 Too many recipients; send to each alias in its own transaction"
-        if recipient.kind == "alias" and not self.pipeline.sender_is_authorized(recipient, envelope.mail_from or ""):
-            return await self.pipeline.refuse_at_rcpt(recipient, envelope.mail_from or "")
+        if submission:
+            seller_id = getattr(server, "seller_id", None)
+            if recipient.kind != "alias":
+                self._count_refusal("sender_not_authorized")
+                return SUBMISSION_OWN_ORDERS_ONLY
+            if recipient.role != "buyer" or seller_id is None or recipient.order.seller_id != seller_id:
+                # Another seller's order, or a seller alias: audited like any refusal of a known alias.
+                reply = await self.pipeline.refuse_at_rcpt(recipient, envelope.mail_from or "")
+                self._count_refusal(_reason_for_reply(reply))
+                return reply
+        elif recipient.kind == "alias" and not self.pipeline.sender_is_authorized(recipient, envelope.mail_from or ""):
+            reply = await self.pipeline.refuse_at_rcpt(recipient, envelope.mail_from or "")
+            self._count_refusal(_reason_for_reply(reply))
+            return reply
         envelope.relay_recipient = recipient  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
+        return reply
+
+    async def _tarpit(self, server: RelaySMTP, reply: str) -> str:
+        """Directory harvest (THREATS #33): count unknown recipients per
+        client, answer later and later, then 421 and close."""
+        d = server.daemon
+        if d is None:
+            return reply
+        key = ip_key(server.peer_ip)
+        if not d.harvest.hit(key):
+            server.note_drop("harvest")
+            return HARVEST
+        lim = d.settings.limits
+        delay = tarpit_delay(d.harvest.count(key), free=lim.tarpit_free, step=lim.tarpit_step,
+                             max_delay=lim.tarpit_max)
+        if delay > 0:
+            await asyncio.sleep(delay)
         return reply
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
@@ -112,20 +472,120 @@ class RelayHandler:
             return "503 5.5.1 Need RCPT command"
         self.transactions += 1
         self.idle.clear()
+        guarded = isinstance(server, RelaySMTP)
+        if guarded:
+            server.handler_busy = True
         try:
-            outcome = await self.pipeline.process(envelope.mail_from or "", recipient, envelope.original_content)
+            content = envelope.original_content
+            if recipient.kind == "alias" and getattr(server, "listener", "mx") == "submission":
+                recipient = self._as_authenticated_seller(recipient, envelope.mail_from or "", content)
+            outcome = await self.pipeline.process(envelope.mail_from or "", recipient, content)
+            self._count_outcome(outcome)
             return outcome.reply
         finally:
             self.transactions -= 1
             if self.transactions == 0:
                 self.idle.set()
+            if guarded:
+                server.handler_busy = False
+                if server.transaction_started is not None and self.daemon is not None:
+                    self.daemon.metrics.observe_transaction(time.perf_counter() - server.transaction_started)
+                server.transaction_started = None
+
+    def _as_authenticated_seller(self, recipient: Recipient, mail_from: str, content: bytes) -> Recipient:
+        """An authenticated seller writes from any address.
+
+        The pipeline checks the envelope sender and the header From against
+        the seller's registered addresses.  For this one transaction the
+        addresses the seller actually used are added to that list, so the
+        pipeline's checks pass, the audit keeps the real envelope sender, and
+        the rewriter scrubs those addresses from the message as the seller's
+        own (they are replaced by the seller alias, never shown to the buyer).
+        The order's buyer and the relay's own domain are never added: such a
+        message is still refused as `sender_not_authorized`.
+        """
+        seller, order = recipient.seller, recipient.order
+        assert seller is not None and order is not None
+        own_domains = {self.pipeline.settings.relay.domain, self.pipeline.settings.relay.hostname}
+        extra: list[str] = []
+        for candidate in (mail_from, _header_from_address(content, self.pipeline.settings.limits.header_total)):
+            if not candidate:
+                continue
+            try:
+                address = normalize_address(candidate)
+            except AddressError:
+                continue
+            if address in seller.emails or address in extra or address == order.buyer_address \
+                    or split_address(address)[1] in own_domains:
+                continue
+            extra.append(address)
+        if not extra:
+            return recipient
+        return dataclasses.replace(recipient, seller=dataclasses.replace(seller, emails=seller.emails + tuple(extra)))
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, StorageError):
+            self._count_refusal("storage_trouble")
             return "452 4.3.1 Insufficient system storage" if error.full else \
                 "451 4.3.0 Temporary storage trouble, please try again later"
+        if isinstance(error, TLSSetupException):
+            self.log.info("session.refused", reason="tls_handshake_failed")
+            return INTERNAL_ERROR  # aiosmtpd closes the connection without sending it
         self.log.error("message.error", error=type(error).__name__)
+        self._count_refusal("internal_error")
         return INTERNAL_ERROR
+
+    # --------------------------------------------------------------- metrics
+
+    def _count_refusal(self, reason: str) -> None:
+        if self.daemon is not None:
+            self.daemon.metrics.message_rejected(reason)
+
+    def _count_outcome(self, outcome: Outcome) -> None:
+        if self.daemon is None:
+            return
+        if outcome.verdict == "accepted":
+            self.daemon.metrics.message_accepted()
+        elif outcome.verdict == "rejected":
+            found = _REASON_IN_REPLY.search(outcome.reply)
+            reason = found.group(1) if found else (outcome.findings[0].code if outcome.findings else "other")
+            self.daemon.metrics.message_rejected(reason)
+        else:  # deferred: the store could not take it (451 / 452)
+            self.daemon.metrics.message_rejected("storage_trouble")
+
+
+def _reason_for_reply(reply: str) -> str:
+    """The reason label of a refusal at RCPT, from the reply the pipeline chose."""
+    found = _REASON_IN_REPLY.search(reply)
+    if found:
+        return found.group(1)
+    if reply.startswith("550 5.1.1"):
+        return "unknown_recipient"
+    if reply.startswith("550 5.7.1"):
+        return "foreign_domain"
+    if reply.startswith("421"):
+        return "harvest"
+    if reply.startswith(("451", "452 4.3")):
+        return "storage_trouble"
+    return "other"
+
+
+def _header_from_address(content: bytes, limit: int) -> str | None:
+    """The one address of the header From, if it parses cleanly; else None
+    (the pipeline then refuses the message itself)."""
+    end = -1
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        pos = content.find(sep, 0, limit + 4)
+        if pos != -1 and (end == -1 or pos < end):
+            end = pos
+    head = content[:end] if end != -1 else content[:limit]
+    try:
+        header = BytesHeaderParser(policy=policy.default).parsebytes(head + b"\r\n\r\n").get("From")
+        if header is None or header.defects or len(header.addresses) != 1:
+            return None
+        return header.addresses[0].addr_spec or None
+    except Exception:
+        return None
 
 
 def _address_defect(address: str) -> str | None:
@@ -149,8 +609,40 @@ def _address_defect(address: str) -> str | None:
     return None
 
 
+class _DeliveryStore:
+    """The store as the delivery worker sees it: each outcome is counted on
+    its way to the store (relay.delivery stays unaware of metrics)."""
+
+    def __init__(self, store: Store, on_outcome: Callable[[str], None]):
+        self._store = store
+        self._on_outcome = on_outcome
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def mark_delivered(self, entry_id: int) -> None:
+        await self._store.mark_delivered(entry_id)
+        self._on_outcome("delivered")
+
+    async def mark_deferred(self, entry_id: int, error: str, next_attempt: float) -> None:
+        await self._store.mark_deferred(entry_id, error, next_attempt)
+        self._on_outcome("deferred")
+
+    async def mark_failed(self, entry_id: int, error: str, notice: Any) -> None:
+        await self._store.mark_failed(entry_id, error, notice)
+        self._on_outcome("failed")
+
+
+def _server_tls(settings: Settings):
+    """The STARTTLS context, or None when [tls] is empty; ConfigError names the key."""
+    if not settings.tls.cert:
+        return None
+    check_files(settings)
+    return server_context(settings.tls.cert, settings.tls.key)
+
+
 class RelayDaemon:
-    """Store, pipeline, delivery and listener, started and stopped together."""
+    """Store, pipeline, delivery and listeners, started and stopped together."""
 
     def __init__(self, settings: Settings, config_path: str | None = None):
         self.settings = settings
@@ -160,84 +652,286 @@ class RelayDaemon:
         self.pipeline: Pipeline | None = None
         self.delivery: Delivery | None = None
         self.handler: RelayHandler | None = None
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.AbstractServer | None = None  # the MX listener
+        self.submission_server: asyncio.AbstractServer | None = None
+        self.metrics_server: asyncio.AbstractServer | None = None
+        self.tls_context = None
+        self.metrics = Metrics()
+        self.sessions_dropped = Counter(
+            "relay_sessions_dropped", "Connections the relay refused or closed, by reason.",
+            ["reason"], registry=self.metrics.registry)
+        lim = settings.limits
+        self.connections = ConnectionLimiter(lim.max_connections, lim.max_connections_per_ip)
+        self.harvest = RateLimiter(lim.harvest_limit, lim.harvest_window)
+        self.auth_limiter = RateLimiter(lim.auth_ip_failures, lim.auth_window)
+        self.ready = False
+        self.stopping = False
+        self.reload_pending = False
+        self._tasks: list[asyncio.Task] = []
+        self._data_event = asyncio.Event()
+        self._stats_due = asyncio.Event()
+
+    # ------------------------------------------------------------- start-up
 
     async def start(self) -> None:
-        self.store = await Store.open(self.settings.store.path)
-        self.delivery = Delivery(self.settings, self.store)
-        self.pipeline = Pipeline(self.settings, self.store, on_queued=self.delivery.wake)
-        self.handler = RelayHandler(self.pipeline)
-        host, port = parse_hostport("listen.mx", self.settings.listen.mx)
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(self._protocol, host=host, port=port, reuse_address=True)
-        await self.delivery.start()
-        self.log.info("relay.started", listen=f"{host}:{self.port}", store=self.settings.store.path,
-                      delivery=self.settings.delivery.mode, config=self.settings.source)
-
-    def _protocol(self) -> RelaySMTP:
         s = self.settings
-        return RelaySMTP(self.handler, hostname=s.relay.hostname, ident=BANNER_IDENT,
-                         data_size_limit=s.limits.message_size, enable_SMTPUTF8=False, decode_data=False,
-                         timeout=s.limits.command_timeout)
+        self.tls_context = _server_tls(s)
+        self.store = await Store.open(s.store.path, s.store.busy_timeout)
+        self.delivery = Delivery(s, _DeliveryStore(self.store, self._delivery_outcome))  # type: ignore[arg-type]
+        self.pipeline = Pipeline(s, self.store, on_queued=self._queued)
+        self.handler = RelayHandler(self.pipeline, self)
+        self.server = await self._listen("listen.mx", s.listen.mx, lambda: self._protocol("mx"))
+        if s.listen.submission:
+            self.submission_server = await self._listen("listen.submission", s.listen.submission,
+                                                        lambda: self._protocol("submission"))
+        if s.metrics.listen:
+            host, port = parse_hostport("metrics.listen", s.metrics.listen)
+            try:
+                self.metrics_server = await start_http(self.metrics, host, port, ready=lambda: self.ready)
+            except OSError as exc:
+                raise StartError(f"cannot listen on metrics.listen {s.metrics.listen}: {exc.strerror or exc}") \
+                    from None
+        await self.delivery.start()
+        await self._refresh_queue_stats()
+        self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
+        self.ready = True
+        self.log.info("relay.started", listen=_address_of(self.server), store=s.store.path,
+                      delivery=s.delivery.mode, config=s.source, starttls=self.tls_context is not None,
+                      submission=_address_of(self.submission_server), metrics=_address_of(self.metrics_server))
+        notify.ready()
+
+    async def _listen(self, key: str, value: str, factory: Callable[[], RelaySMTP]) -> asyncio.AbstractServer:
+        host, port = parse_hostport(key, value)
+        try:
+            return await asyncio.get_running_loop().create_server(factory, host=host, port=port, reuse_address=True)
+        except OSError as exc:
+            raise StartError(f"cannot listen on {key} {value}: {exc.strerror or exc}") from None
+
+    def _protocol(self, listener: str) -> RelaySMTP:
+        s = self.settings
+        lim = s.limits
+        submission = listener == "submission"
+        # THREATS #16: a budget for the commands that do nothing but keep a
+        # session alive.  RSET may also follow each transaction.
+        calls = {"NOOP": lim.command_limit, "VRFY": lim.command_limit, "EXPN": lim.command_limit,
+                 "HELP": lim.command_limit, "RSET": lim.command_limit + lim.transactions,
+                 "*": OTHER_COMMAND_LIMIT}
+        return RelaySMTP(self.handler, self, listener, hostname=s.relay.hostname, ident=BANNER_IDENT,
+                         data_size_limit=lim.message_size, enable_SMTPUTF8=False, decode_data=False,
+                         timeout=lim.command_timeout, tls_context=self.tls_context,
+                         require_starttls=submission and self.tls_context is not None,
+                         auth_required=submission, auth_require_tls=True, command_call_limit=calls)
 
     @property
     def port(self) -> int:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
+    # ------------------------------------------------------------- runtime
+
+    def session_dropped(self, reason: str, listener: str) -> None:
+        self.sessions_dropped.labels(reason=reason).inc()
+        self.log.info("session.refused", reason=reason, listener=listener)
+
+    def data_changed(self) -> None:
+        self._data_event.set()
+
+    def _queued(self) -> None:
+        assert self.delivery is not None
+        self.delivery.wake()
+        self._stats_due.set()
+
+    def _delivery_outcome(self, outcome: str) -> None:
+        self.metrics.delivery(outcome)
+        self._stats_due.set()
+
+    async def _refresh_queue_stats(self) -> None:
+        if self.store is None:
+            return
+        try:
+            depth, oldest = await self.store.queue_stats(time.time())
+        except StorageError:
+            return
+        self.metrics.set_queue(depth, oldest)
+
+    async def _housekeeping(self) -> None:
+        """Queue gauges (soon after a change, else every few seconds) and
+        rate-limiter clean-up."""
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time() + PRUNE_INTERVAL
+        while True:
+            try:
+                await asyncio.wait_for(self._stats_due.wait(), timeout=QUEUE_STATS_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+            self._stats_due.clear()
+            await self._refresh_queue_stats()
+            if loop.time() >= next_prune:
+                self.harvest.prune()
+                self.auth_limiter.prune()
+                next_prune = loop.time() + PRUNE_INTERVAL
+
+    # -------------------------------------------------------------- SIGHUP
+
+    def sighup(self) -> None:
+        if self.stopping:
+            return
+        if not self.ready:  # still starting: reload once started
+            self.reload_pending = True
+            return
+        self.reload_pending = False
+        notify.reloading()
+        self.reload()
+        notify.ready()
+
     def reload(self) -> bool:
-        """Re-read the configuration; a broken one is refused and the old stays."""
+        """Re-read the configuration; a broken one is refused and the old stays.
+
+        Filters, limits, TLS certificate and delivery settings change for the
+        next connection, transaction and delivery; sessions in progress are not
+        dropped.  Listener, store and metrics addresses need a restart.
+        """
+        old = self.settings
         try:
             new = load_settings(self.config_path)
+            check_files(new)
+            if old.listen.submission and not new.tls.cert:
+                raise ConfigError("tls.cert: the running submission listener needs it; restart to turn "
+                                  "submission off")
+            tls_context = _server_tls(new)
         except ConfigError as exc:
             self.log.error("relay.reload_failed", error=str(exc))
             return False
-        if new.listen != self.settings.listen or new.store != self.settings.store:
-            self.log.warning("relay.reload_failed", error="listen and store changes need a restart; kept the rest")
+        if new.listen != old.listen or new.store != old.store or new.metrics != old.metrics:
+            self.log.warning("relay.reload_failed",
+                             error="listen, store and metrics changes need a restart; kept the rest")
+            new = dataclasses.replace(new, listen=old.listen, store=old.store, metrics=old.metrics)
         self.settings = new
+        self.tls_context = tls_context
         assert self.pipeline is not None and self.delivery is not None
         self.pipeline.reconfigure(new)
         self.delivery.reconfigure(new)
-        self.log.info("relay.reloaded", config=new.source)
+        d_old, d_new = old.delivery, new.delivery
+        if (d_old.smarthost, d_old.tls, d_old.cafile, d_old.timeout) != \
+                (d_new.smarthost, d_new.tls, d_new.cafile, d_new.timeout):
+            # Pooled connections still point at the old next hop: let them
+            # reconnect.  A send cut off here is retried, never lost.
+            for slot in range(len(self.delivery._clients)):
+                self.delivery._drop(slot)
+        self._apply_limits(new)
+        self.log.info("relay.reloaded", config=new.source, starttls=tls_context is not None)
         return True
 
-    async def stop(self, drain_seconds: float = 10.0) -> None:
+    def _apply_limits(self, settings: Settings) -> None:
+        lim = settings.limits
+        self.connections.max_total = lim.max_connections
+        self.connections.max_per_ip = lim.max_connections_per_ip
+        if (self.harvest.limit, self.harvest.window) != (lim.harvest_limit, lim.harvest_window):
+            self.harvest = RateLimiter(lim.harvest_limit, lim.harvest_window)
+        if (self.auth_limiter.limit, self.auth_limiter.window) != (lim.auth_ip_failures, lim.auth_window):
+            self.auth_limiter = RateLimiter(lim.auth_ip_failures, lim.auth_window)
+
+    # ------------------------------------------------------------- shutdown
+
+    async def stop(self, drain_seconds: float | None = None) -> None:
         """Stop accepting, let transactions in flight finish (bounded), close."""
-        self.log.info("relay.stopping")
-        if self.server is not None:
-            self.server.close()
+        drain = self.settings.limits.drain_timeout if drain_seconds is None else drain_seconds
+        self.ready = False
+        self.stopping = True
+        for server in (self.server, self.submission_server):
+            if server is not None:
+                server.close()
+        sessions = self.handler.sessions if self.handler is not None else set()
+        # Sessions between transactions hold nothing of value: tell them now.
+        for session in list(sessions):
+            if not session.in_data:
+                session.drop(SHUTTING_DOWN, "shutdown")
+        self.log.info("relay.stopping", in_data=sum(1 for s in sessions if s.in_data), drain_seconds=drain)
         if self.handler is not None:
+            # Sessions in DATA get their reply (and then 421) in smtp_DATA.
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + drain
+            while any(s.in_data for s in sessions):
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                self._data_event.clear()
+                try:
+                    await asyncio.wait_for(self._data_event.wait(), timeout=remaining)
+                except asyncio.TimeoutError:
+                    break
+            # Past the bound: a client still sending its data never got a 250
+            # and nothing of it is stored.  A message the pipeline is committing
+            # is not cut off; its client gets the reply.
+            for session in list(sessions):
+                if not session.handler_busy:
+                    session.drop(SHUTTING_DOWN, "shutdown")
             try:
-                await asyncio.wait_for(self.handler.idle.wait(), timeout=drain_seconds)
+                await asyncio.wait_for(self.handler.idle.wait(), timeout=PIPELINE_GRACE)
             except asyncio.TimeoutError:
                 pass
-            for session in list(self.handler.sessions):
-                if session.transport is not None:
-                    session.transport.close()
+            for session in list(sessions):
+                session.drop(SHUTTING_DOWN, "shutdown")
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
         if self.store is not None:
             await self.store.close()
         self.log.info("relay.stopped")
 
+    async def abort(self) -> None:
+        """Undo a start-up that failed half-way."""
+        for server in (self.server, self.submission_server, self.metrics_server):
+            if server is not None:
+                server.close()
+        if self.delivery is not None:
+            await self.delivery.stop()
+        if self.store is not None:
+            await self.store.close()
+
+
+def _address_of(server: asyncio.AbstractServer | None) -> str | None:
+    if server is None or not server.sockets:
+        return None
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
 
 async def serve(settings: Settings, config_path: str | None = None) -> int:
     daemon = RelayDaemon(settings, config_path)
-    try:
-        await daemon.start()
-    except StorageError as exc:
-        daemon.log.error("relay.stopped", error=f"cannot open the store: {exc}")
-        return 1
-    except OSError as exc:
-        daemon.log.error("relay.stopped", error=f"cannot listen on {settings.listen.mx}: {exc.strerror or exc}")
-        if daemon.store:
-            await daemon.store.close()
-        return 1
+    # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
+    # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    loop.add_signal_handler(signal.SIGHUP, daemon.sighup)
+    try:
+        await daemon.start()
+    except ConfigError as exc:
+        daemon.log.error("relay.stopped", error=str(exc))
+        await daemon.abort()
+        return 2
+    except StorageError as exc:
+        daemon.log.error("relay.stopped", error=f"cannot open the store: {exc}")
+        await daemon.abort()
+        return 1
+    except StartError as exc:
+        daemon.log.error("relay.stopped", error=str(exc))
+        await daemon.abort()
+        return 1
+    if daemon.reload_pending:
+        daemon.sighup()
     await stop.wait()
+    loop.remove_signal_handler(signal.SIGHUP)
+    notify.stopping()
     await daemon.stop()
     return 0
