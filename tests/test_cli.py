@@ -129,3 +129,23 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "relay"
     result = subprocess.run([str(script), "--help"], capture_output=True, timeout=60)
     assert result.returncode == 0 and b"serve" in result.stdout
+
+
+def test_filter_test_prints_findings_and_stores_nothing(cli, tmp_path):
+    cli("seller", "add", "s1", "--name", "Shop", "--email", "sam@shop.example")
+    aliases = json.loads(cli("order", "open", "o1", "--seller", "s1", "--buyer", "bob@buyer.test").stdout)
+    eml = tmp_path / "m.eml"
+    eml.write_text(f"From: sam@shop.example\nTo: {aliases['buyer_alias']}\nSubject: hi\n\n"
+                   "Visit https://cheap-mugs.example/sale for a coupon: 20% off your next order!\n")
+    result = cli("filter", "test", str(eml), "--from", "sam@shop.example", "--to", aliases["buyer_alias"])
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.decode()
+    assert "[link]" in out and "[promotion]" in out
+    assert "verdict: rejected" in out
+    assert "reply: 550 5.7.1 [link]" in out
+    clean = tmp_path / "clean.eml"
+    clean.write_text(f"From: sam@shop.example\nTo: {aliases['buyer_alias']}\nSubject: hi\n\nYour parcel left today.\n")
+    out = cli("filter", "test", str(clean), "--from", "sam@shop.example", "--to", aliases["buyer_alias"]).stdout
+    assert b"findings: none" in out and b"verdict: accepted" in out
+    assert rows(cli.db, "audit") == 0 and rows(cli.db, "queue") == 0
+    assert_usage_error(cli("filter", "test", str(clean), "--from", "sam@shop.example", "--to", "nobody@relay.example"))

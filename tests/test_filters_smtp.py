@@ -1,0 +1,165 @@
+"""Every reason code of the contract, produced through a real SMTP session."""
+
+from __future__ import annotations
+
+import smtplib
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+
+SELLER = "sam@shop.example"
+BUYER = "bob@buyer.test"
+
+
+@pytest.fixture
+async def shop(relay_factory):
+    async def make(overrides=None):
+        relay = await relay_factory(overrides)
+        relay.add_seller("s1", "Sam's Shop", [SELLER])
+        aliases = relay.open_order("o1", "s1", BUYER, "Bob")
+        return relay, aliases
+    return make
+
+
+def message(alias: str, body: str, subject: str = "About your order", html: str | None = None,
+            frm: str = SELLER, in_reply_to: str | None = None) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = frm
+    msg["To"] = alias
+    msg["Subject"] = subject
+    if in_reply_to:
+        msg["In-Reply-To"] = in_reply_to
+    msg.set_content(body)
+    if html:
+        msg.add_alternative(html, subtype="html")
+    return msg
+
+
+def send(relay, msg: EmailMessage, mail_from: str = SELLER) -> tuple[int, bytes]:
+    with smtplib.SMTP(*relay.mx, timeout=30) as client:
+        client.ehlo()
+        client.mail(mail_from)
+        code, reply = client.rcpt(msg["To"])
+        if code != 250:
+            return code, reply
+        return client.data(msg.as_bytes(policy=policy.SMTP))
+
+
+def assert_rejected(result: tuple[int, bytes], code: str) -> None:
+    status, text = result
+    assert status == 550, result
+    assert text.startswith(b"5.7.") and f"[{code}]".encode() in text, result
+
+
+@pytest.mark.parametrize("code, body, html", [
+    ("link", "See the new collection at https://cheap-mugs.example/sale today.", None),
+    ("email_address", "Write to me directly at sam.private@gmail.example for a faster answer.", None),
+    ("phone_number", "Call me on +1 415 555 0134 if the parcel does not arrive.", None),
+    ("promotion", "Leave us a 5-star review and we will refund your order in full!", None),
+    ("tracking_pixel", "Your parcel left today.",
+     '<p>Your parcel left today.</p><img src="https://track.example/p.gif" width="1" height="1">'),
+])
+async def test_content_rules_reject_with_the_fragment(shop, code, body, html):
+    relay, aliases = await shop()
+    result = send(relay, message(aliases["buyer_alias"], body, html=html))
+    assert_rejected(result, code)
+    assert b"Found" in result[1]  # the reply quotes what was found
+    (row,) = relay.audit("o1")
+    assert row["verdict"] == "rejected" and code in row["reasons"]
+    assert relay.sink.messages == []
+
+
+async def test_content_rules_do_not_apply_to_buyer_mail(shop):
+    relay, aliases = await shop()
+    code, _ = send(relay, message(aliases["seller_alias"], "My number is +1 415 555 0134, see https://x.example",
+                                  frm=BUYER), mail_from=BUYER)
+    assert code == 250
+    await relay.sink.wait_for_count(1)
+
+
+async def test_attachment_rules(shop):
+    relay, aliases = await shop({"filters": {"attachment_max_bytes": 1000}})
+    msg = message(aliases["buyer_alias"], "The invoice is attached.")
+    msg.add_attachment(b"MZ\x90\x00" + b"\x00" * 100, maintype="application", subtype="octet-stream",
+                       filename="invoice.exe")
+    assert_rejected(send(relay, msg), "attachment_type")
+    big = message(aliases["buyer_alias"], "The photo is attached.")
+    big.add_attachment(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000, maintype="image", subtype="png", filename="p.png")
+    assert_rejected(send(relay, big), "attachment_too_large")
+    # Attachment rules apply to buyers too.
+    buyer = message(aliases["seller_alias"], "Photo of the damage.", frm=BUYER)
+    buyer.add_attachment(b"\x89PNG\r\n\x1a\n" + b"\x00" * 5000, maintype="image", subtype="png", filename="p.png")
+    assert_rejected(send(relay, buyer, mail_from=BUYER), "attachment_too_large")
+
+
+async def test_too_many_unsolicited_messages_and_duplicates(shop):
+    relay, aliases = await shop()
+    alias = aliases["buyer_alias"]
+    for n in range(3):
+        assert send(relay, message(alias, f"Update number {n}: your parcel moved on."))[0] == 250
+    assert_rejected(send(relay, message(alias, "Update number 4: still moving.")), "too_many_messages")
+    # Once the buyer writes, the seller may answer again, but not the same text twice.
+    assert send(relay, message(aliases["seller_alias"], "Thanks, where is it now?", frm=BUYER),
+                mail_from=BUYER)[0] == 250
+    assert send(relay, message(alias, "It is in the local depot.", subject="Re: depot"))[0] == 250
+    assert_rejected(send(relay, message(alias, "It is in the LOCAL depot!", subject="again")), "duplicate")
+    rows = relay.audit("o1")
+    assert [r["verdict"] for r in rows] == ["accepted"] * 3 + ["rejected", "accepted", "accepted", "rejected"]
+
+
+async def test_opt_out_critical_and_replies(shop):
+    relay, aliases = await shop()
+    relay.cli("optout", "add", BUYER, check=True)
+    alias = aliases["buyer_alias"]
+    assert_rejected(send(relay, message(alias, "A note about your order.")), "opted_out")
+    code, _ = send(relay, message(alias, "Your order was cancelled by the carrier.", subject="[IMPORTANT] cancelled"))
+    assert code == 250
+    rows = relay.audit("o1")
+    assert rows[-1]["critical"] is True and rows[-1]["verdict"] == "accepted"
+    # A reply to a message the buyer sent in this order is never blocked by the opt-out.
+    assert send(relay, message(aliases["seller_alias"], "Why was it cancelled?", frm=BUYER), mail_from=BUYER)[0] == 250
+    delivered = await relay.sink.wait_for_count(2)
+    buyer_msg_id = message_from_bytes(delivered[1].data, policy=policy.default)["Message-ID"]
+    code, reply = send(relay, message(alias, "The carrier lost it; a new one ships today.", subject="Re: why",
+                                      in_reply_to=buyer_msg_id))
+    assert code == 250, reply
+    # A "Re:" subject alone does not make a reply.
+    assert_rejected(send(relay, message(alias, "Anything else I can do?", subject="Re: why")), "opted_out")
+
+
+async def test_critical_quota(shop):
+    relay, aliases = await shop({"filters": {"critical_quota": 2, "unsolicited_limit": 10}})
+    relay.cli("optout", "add", BUYER, check=True)
+    alias = aliases["buyer_alias"]
+    for n in range(2):
+        assert send(relay, message(alias, f"Recall notice {n} for your kettle.", subject=f"[Important] recall {n}"))[0] \
+            == 250
+    assert_rejected(send(relay, message(alias, "Recall notice 3.", subject="[Important] recall 3")), "critical_quota")
+
+
+async def test_sender_not_authorized_is_a_reason_code(shop):
+    relay, aliases = await shop()
+    result = send(relay, message(aliases["buyer_alias"], "hello", frm="eve@else.example"),
+                  mail_from="eve@else.example")
+    assert_rejected(result, "sender_not_authorized")
+    assert relay.audit("o1")[0]["reasons"] == ["sender_not_authorized"]
+
+
+async def test_redact_and_flag_actions(shop):
+    relay, aliases = await shop({"filters": {"actions": {"link": "redact", "phone_number": "flag"}}})
+    code, _ = send(relay, message(aliases["buyer_alias"],
+                                  "Track it at https://cheap-mugs.example/t/1 or call +1 415 555 0134."))
+    assert code == 250
+    (delivered,) = await relay.sink.wait_for_count(1)
+    body = message_from_bytes(delivered.data, policy=policy.default).get_body(("plain",)).get_content()
+    assert "[link removed]" in body and "cheap-mugs" not in body
+    assert "+1 415 555 0134" in body  # flagged, delivered as written
+    (row,) = relay.audit("o1")
+    assert row["verdict"] == "accepted" and set(row["reasons"]) == {"link", "phone_number"}
+
+
+async def test_allowlisted_link_domain_passes(shop):
+    relay, aliases = await shop({"filters": {"link_allow_domains": ["ups.example"]}})
+    code, _ = send(relay, message(aliases["buyer_alias"], "Track it at https://www.ups.example/track?n=1Z999AA10123456784"))
+    assert code == 250
