@@ -13,6 +13,7 @@ every check the contract asks for is case-insensitive.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import secrets
@@ -45,8 +46,11 @@ def looks_like_alias(local: str) -> bool:
     return ALIAS_PATTERN.fullmatch(local) is not None
 
 
+@functools.lru_cache(maxsize=65536)
 def normalize_address(address: str) -> str:
-    """Validate a real mailbox address (no DNS) and return its normal form."""
+    """Validate a real mailbox address (no DNS) and return its normal form.
+
+    Cached: the same few addresses are checked several times per message."""
     text = address.strip()
     if not text:
         raise AddressError("the address is empty")

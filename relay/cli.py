@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from relay.server import serve
 
         configure_logging(settings.logging.level)
+        _use_uvloop()
         return _run(serve(settings, getattr(args, "config", None)))
     from relay.logs import configure_logging
 
@@ -128,6 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"relay: {exc}", file=sys.stderr)
             return 2
     return _run(_with_store(settings, args))
+
+
+def _use_uvloop() -> None:
+    """uvloop, where installed, roughly halves the event loop's own cost per
+    SMTP command; the daemon works the same without it."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 def _run(coro) -> int:

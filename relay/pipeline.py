@@ -133,10 +133,7 @@ class Pipeline:
         found = await self.store.find_alias(local_l if looks_like_alias(local_l) else "\x00" + local_l[:64])
         if found is None:
             return None, UNKNOWN_ALIAS
-        order, role = found
-        seller = await self.store.get_seller(order.seller_id)
-        if seller is None:
-            return None, UNKNOWN_ALIAS
+        order, role, seller = found
         return Recipient("alias", f"{local_l}@{domain}", order, role, seller), "250 2.1.5 OK"
 
     def sender_is_authorized(self, recipient: Recipient, mail_from: str) -> bool:
@@ -208,7 +205,7 @@ class Pipeline:
         relay_id = new_message_id(self.settings.relay.hostname)
         threading, is_reply_to_buyer = await self._threading(order, direction, message, relay_id)
         try:
-            result = await _rewrite(message, parties, threading, (), len(content))
+            result = await self._safe_rewrite(message, parties, threading, (), len(content), order.id)
         except RewriteError as exc:
             code = re.search(r"\[(\w+)\]", exc.reply)
             return await self._reject(recipient, mail_from, content, subject, exc.reply,
@@ -225,12 +222,25 @@ class Pipeline:
             return await self._reject(recipient, mail_from, content, subject, rejection_reply(verdict.rejection),
                                       list(verdict.findings), critical, dry_run)
         if verdict.redactions:
-            result = await _rewrite(message, parties, threading, verdict.redactions, len(content))
+            result = await self._safe_rewrite(message, parties, threading, verdict.redactions, len(content), order.id)
         if dry_run:
             return Outcome("250 2.0.0 OK (dry run: nothing stored or sent)", "accepted", None,
                            list(verdict.findings), critical, result.data)
         return await self._accept(recipient, mail_from, content, subject, message, result, verdict, ctx,
                                   critical, relay_id)
+
+    async def _safe_rewrite(self, message: EmailMessage, parties: Parties, threading: Threading,
+                            redactions: tuple[tuple[str, str], ...], size: int, order_id: str) -> RewriteResult:
+        """Rewrite; an exception from the stdlib's parser on hostile content
+        becomes a permanent refusal, never a 451 retried for days."""
+        try:
+            return await _rewrite(message, parties, threading, redactions, size)
+        except RewriteError:
+            raise
+        except Exception as exc:
+            self.log.error("message.error", order=order_id, stage="rewrite", error=type(exc).__name__)
+            raise RewriteError("554 5.6.0 The message could not be parsed; send it again from your mail "
+                               "client.") from None
 
     async def _accept(self, recipient: Recipient, mail_from: str, content: bytes, subject: str,
                       message: EmailMessage, result: RewriteResult, verdict: ChainResult, ctx: FilterContext,
@@ -333,8 +343,8 @@ class Pipeline:
         if recipient.direction != SELLER_TO_BUYER:
             return FilterContext(direction=recipient.direction, order_id=order.id, seller_id=seller.id,
                                  relay_domain=domain, own_aliases=aliases, critical=critical)
-        history = await self.store.order_history(order.id)
-        opted_out = await self.store.is_opted_out(order.buyer_address)
+        history = await self.store.order_history(order.id, order.buyer_address)
+        opted_out = history["buyer_opted_out"]
         window = self.settings.filters.critical_window_days
         since = (datetime.now(timezone.utc) - timedelta(days=window)).isoformat(timespec="milliseconds")
         critical_sent = await self.store.critical_sent_since(seller.id, since.replace("+00:00", "Z")) \
@@ -466,26 +476,26 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
     if depth > settings.limits.mime_depth:
         raise MessageRefused(f"554 5.6.0 The message nests MIME parts deeper than {settings.limits.mime_depth} "
                              "levels.", "malformed")
-    # Parse every header of every part once: the stdlib's header parser can
-    # raise on hostile input (found by fuzz/fuzz_rewrite.py), and a message
-    # that always raises would be retried forever after a 451.
+    # Parse, once, every header the relay reads or copies (at every MIME
+    # level): the stdlib's header parser can raise on hostile input (found by
+    # fuzz/fuzz_rewrite.py), and a message that always raised would be
+    # retried forever after a 451.  Headers that are dropped are not parsed.
     for part in message.walk():
-        try:
-            for _, value in part.items():
-                str(value)
-        except Exception as exc:
-            raise MessageRefused(f"554 5.6.0 A header of the message cannot be parsed ({type(exc).__name__}).",
-                                 "malformed") from None
+        for name in part.keys():
+            if name.lower() not in _READ_HEADERS:
+                continue
+            try:
+                text = "".join(str(v) for v in part.get_all(name, []))
+            except Exception as exc:
+                raise MessageRefused(f"554 5.6.0 The {name[:40]} header cannot be parsed ({type(exc).__name__}).",
+                                     "malformed") from None
+            if "\r" in text or "\n" in text:
+                # CVE-2024-6923: an encoded line break must never become a header.
+                raise MessageRefused(f"554 5.6.0 The {name[:40]} header decodes to a line break.", "malformed")
     for name in ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID"):
         if len(message.get_all(name, [])) > 1:
             raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
                                  "malformed")
-    for part in message.walk():
-        for name, value in part.items():
-            text = str(value)
-            if "\r" in text or "\n" in text:
-                # CVE-2024-6923: an encoded line break must never become a header.
-                raise MessageRefused(f"554 5.6.0 The {name[:40]} header decodes to a line break.", "malformed")
     for part in message.walk():
         for defect in part.defects:
             if isinstance(defect, _STRUCTURAL_DEFECTS):
@@ -493,6 +503,12 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
                                      f"({type(defect).__name__}); send it again from your mail client.",
                                      "malformed")
 
+
+_READ_HEADERS = frozenset(h.lower() for h in (
+    "From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+    "Auto-Submitted", "Importance", "Precedence", "X-Autoreply", "X-Autorespond", "X-Relay-Loop", "MIME-Version",
+    "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Content-ID", "Content-Description",
+    "Content-Language"))
 
 # RFC 2046 framing errors: a client and the relay could split such a message
 # differently (THREATS #51), so it is refused rather than repaired.

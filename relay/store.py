@@ -286,18 +286,25 @@ class Store:
         outcomes: list[tuple[asyncio.Future, Any, BaseException | None]] = []
         try:
             await db.execute("BEGIN IMMEDIATE")
+            isolate = len(batch) > 1  # a batch of one needs no savepoint: its failure is the batch's
             for work, future in batch:
-                await db.execute("SAVEPOINT item")
+                if isolate:
+                    await db.execute("SAVEPOINT item")
                 try:
                     result = await work(db)
                 except (sqlite3.IntegrityError, ValueError, NotFound) as exc:
-                    await db.execute("ROLLBACK TO item")
-                    await db.execute("RELEASE item")
+                    if isolate:
+                        await db.execute("ROLLBACK TO item")
+                        await db.execute("RELEASE item")
                     outcomes.append((future, None, exc))
                 else:
-                    await db.execute("RELEASE item")
+                    if isolate:
+                        await db.execute("RELEASE item")
                     outcomes.append((future, result, None))
-            await db.execute("COMMIT")
+            if not isolate and outcomes[0][2] is not None:
+                await db.execute("ROLLBACK")  # nothing of a failed item is kept
+            else:
+                await db.execute("COMMIT")
         except BaseException as exc:  # the whole batch failed: nobody gets a 250
             try:
                 if db.in_transaction:
@@ -319,14 +326,14 @@ class Store:
             else:
                 future.set_exception(error)
 
-    async def _read(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+    async def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         try:
-            async with self._reader.execute(sql, tuple(params)) as cursor:
+            async with self._reader.execute(sql, params if isinstance(params, dict) else tuple(params)) as cursor:
                 return list(await cursor.fetchall())
         except (sqlite3.Error, OSError) as exc:
             raise _storage_error(exc) from exc
 
-    async def _read_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+    async def _read_one(self, sql: str, params: Any = ()) -> sqlite3.Row | None:
         rows = await self._read(sql, params)
         return rows[0] if rows else None
 
@@ -414,16 +421,22 @@ class Store:
         row = await self._read_one("SELECT * FROM orders WHERE id = ?", (order_id,))
         return _order(row) if row else None
 
-    async def find_alias(self, local: str) -> tuple[Order, str] | None:
-        """Exact lookup of an alias local part: (order, "buyer" | "seller")."""
+    async def find_alias(self, local: str) -> tuple[Order, str, Seller] | None:
+        """Exact lookup of an alias local part: (order, "buyer" | "seller",
+        the order's seller), in one query (it runs for every RCPT)."""
         row = await self._read_one(
-            "SELECT *, 'buyer' AS role FROM orders WHERE buyer_alias = ? "
-            "UNION ALL SELECT *, 'seller' AS role FROM orders WHERE seller_alias = ?",
+            "SELECT o.*, s.name AS seller_name, "
+            "(SELECT group_concat(address, ' ') FROM (SELECT address FROM seller_emails "
+            " WHERE seller_id = o.seller_id ORDER BY position)) AS seller_emails "
+            "FROM (SELECT *, 'buyer' AS role FROM orders WHERE buyer_alias = ? "
+            "      UNION ALL SELECT *, 'seller' AS role FROM orders WHERE seller_alias = ?) AS o "
+            "JOIN sellers s ON s.id = o.seller_id",
             (local, local),
         )
         if row is None:
             return None
-        return _order(row), row["role"]
+        emails = tuple((row["seller_emails"] or "").split())
+        return _order(row), row["role"], Seller(row["seller_id"], row["seller_name"], emails)
 
     # -------------------------------------------------------------- opt-outs
 
@@ -449,21 +462,22 @@ class Store:
 
     # ------------------------------------------------- facts for the filters
 
-    async def order_history(self, order_id: str) -> dict[str, Any]:
-        """What the over-messaging rules need to know about an order."""
-        buyer_wrote = await self._read_one(
-            "SELECT 1 FROM audit WHERE order_id = ? AND direction = 'buyer_to_seller' AND verdict = 'accepted' LIMIT 1",
-            (order_id,))
-        unsolicited = await self._read_one(
-            "SELECT COUNT(*) AS n FROM audit WHERE order_id = ? AND direction = 'seller_to_buyer' "
-            "AND verdict = 'accepted' AND unsolicited = 1", (order_id,))
-        prints = await self._read(
-            "SELECT fingerprint FROM audit WHERE order_id = ? AND direction = 'seller_to_buyer' "
-            "AND verdict = 'accepted' AND fingerprint IS NOT NULL", (order_id,))
+    async def order_history(self, order_id: str, buyer: str) -> dict[str, Any]:
+        """What the over-messaging and opt-out rules need to know, in one query."""
+        row = await self._read_one(
+            "SELECT EXISTS(SELECT 1 FROM audit WHERE order_id = :o AND direction = 'buyer_to_seller' "
+            "              AND verdict = 'accepted') AS buyer_wrote, "
+            "(SELECT COUNT(*) FROM audit WHERE order_id = :o AND direction = 'seller_to_buyer' "
+            " AND verdict = 'accepted' AND unsolicited = 1) AS unsolicited, "
+            "(SELECT group_concat(fingerprint, ' ') FROM audit WHERE order_id = :o "
+            " AND direction = 'seller_to_buyer' AND verdict = 'accepted' AND fingerprint IS NOT NULL) AS prints, "
+            "EXISTS(SELECT 1 FROM optouts WHERE address = :b) AS opted_out",
+            {"o": order_id, "b": buyer})
         return {
-            "buyer_has_written": buyer_wrote is not None,
-            "unsolicited_sent": unsolicited["n"],
-            "previous_fingerprints": frozenset(r["fingerprint"] for r in prints),
+            "buyer_has_written": bool(row["buyer_wrote"]),
+            "unsolicited_sent": row["unsolicited"],
+            "previous_fingerprints": frozenset((row["prints"] or "").split()),
+            "buyer_opted_out": bool(row["opted_out"]),
         }
 
     async def critical_sent_since(self, seller_id: str, since_iso: str) -> int:

@@ -15,6 +15,14 @@ how text is normalised for matching.
 Every regex here and in the filter modules is compiled once, at import, and is
 written with bounded quantifiers and disjoint alternatives so that matching stays
 linear in the text length (tests/test_filters_robustness.py runs 1 MB inputs).
+
+Speed (the chain runs on every message, in the event loop): the expensive regexes
+are not run over whole texts.  `windowed_finditer` runs one only in small windows
+around cheap anchors (an '@', a '.' before a letter, ...) that every match must
+contain, which finds exactly the matches a whole-text `finditer` finds; markup is
+read by a single-pass tokenizer (`_fast_scan`) that hands html.parser any markup
+it is not sure to read the same way; per-text results are cached for the few
+filters that ask for the same text (`per_message_cache`, `clear_caches`).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
+from html import unescape
 from html.parser import HTMLParser
 from typing import Iterator
 
@@ -60,12 +69,99 @@ def _build_fold_table() -> dict[int, str]:
 _FOLD_TABLE = _build_fold_table()
 
 
-# Small caches: they only need to live while the chain judges one message (each filter
-# asks for the same folded texts and the same parsed HTML); a big one would pin large texts.
-@lru_cache(maxsize=8)
+_FOLD_CHARS = {chr(cp): repl for cp, repl in _FOLD_TABLE.items()}
+_FOLD_RE = re.compile("[" + "".join(re.escape(ch) for ch in sorted(_FOLD_CHARS)) + "]")
+
+# Caches that only need to live while the chain judges one message (each filter asks for
+# the same folded texts, the same parsed HTML, the same detections); they are small so
+# as not to pin large texts.  clear_caches() empties them all (the benchmark does, so that
+# each run pays what a new message pays).
+_CACHES: list = []
+
+
+def per_message_cache(maxsize: int = 8):
+    def decorate(fn):
+        cached = lru_cache(maxsize=maxsize)(fn)
+        _CACHES.append(cached)
+        return cached
+    return decorate
+
+
+def clear_caches() -> None:
+    for cached in _CACHES:
+        cached.cache_clear()
+
+
+def _fold_char(m: re.Match[str]) -> str:
+    return _FOLD_CHARS[m.group()]
+
+
+@per_message_cache(8)
 def fold(text: str) -> str:
     """Same length as `text`: offsets into the result are offsets into `text`."""
-    return text.translate(_FOLD_TABLE)
+    if text.isascii():
+        return text
+    # A substitution costs per replaced character; str.translate with a dict costs
+    # ~50 ns per character of the text.
+    return _FOLD_RE.sub(_fold_char, text)
+
+
+# ---------------------------------------------------------------- windowed matching
+
+_SPACE = re.compile(r"\s")
+
+
+def windows(text: str, anchors, before: int, after: int) -> list[tuple[int, int]]:
+    """Merged windows [start - before, end + after] around (start, end) anchors given in
+    increasing order; each window ends on a whitespace character (or the end of the text)."""
+    out: list[tuple[int, int]] = []
+    n = len(text)
+    for a, b in anchors:
+        s = a - before if a > before else 0
+        e = b + after
+        if out and e <= out[-1][1]:
+            continue
+        if e >= n:
+            e = n
+        else:
+            m = _SPACE.search(text, e)
+            e = m.start() if m else n
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], e)
+        else:
+            out.append((s, e))
+    return out
+
+
+def token_windows(text: str, anchors) -> list[tuple[int, int]]:
+    """Merged windows, each the whitespace-delimited token(s) holding (start, end) anchors
+    given in increasing order.  The start may reach back over rare Unicode spaces: a window
+    only has to hold every match."""
+    out: list[tuple[int, int]] = []
+    n = len(text)
+    for a, b in anchors:
+        if out and a < out[-1][1]:
+            if b > out[-1][1]:
+                m = _SPACE.search(text, b)
+                out[-1] = (out[-1][0], m.start() if m else n)
+            continue
+        lo = out[-1][1] if out else 0
+        s = max(text.rfind(" ", lo, a), text.rfind("\n", lo, a), text.rfind("\t", lo, a),
+                text.rfind("\r", lo, a)) + 1
+        if s < lo:
+            s = lo
+        m = _SPACE.search(text, b)
+        out.append((s, m.start() if m else n))
+    return out
+
+
+def windowed_finditer(regex: re.Pattern[str], text: str, wins):
+    """regex.finditer(text) restricted to windows.  It finds exactly the whole-text
+    matches when every match lies inside a window and the regex reads the end of the
+    string as it reads a whitespace character (no `$`; trailing look-aheads such as
+    (?![\w-]) succeed on both): look-behinds still see the text before a window."""
+    for s, e in wins:
+        yield from regex.finditer(text, s, e)
 
 
 def mask(text: str, spans: list[tuple[int, int]]) -> str:
@@ -158,14 +254,20 @@ class _Scanner(HTMLParser):
 
     # -- parser callbacks
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k.lower(): (v or "") for k, v in attrs}
         if tag in _HIDDEN_TAGS and tag != "head":
             self._hidden += 1
         if tag == "style":
             self._in_style += 1
         if tag in _BLOCK_TAGS:
             self._text.append("\n")
-        for key in _RESOURCE_ATTRS:
+        if not attrs:  # most tags: only the bookkeeping below applies
+            if tag == "a":
+                self._link_stack.append("")
+            elif tag == "img" and self._link_stack and self._link_stack[-1]:
+                self.scan.linked_images.append((self._link_stack[-1], ""))
+            return
+        a = {k.lower(): (v or "") for k, v in attrs}
+        for key in (_RESOURCE_ATTRS if not _RESOURCE_ATTRS.isdisjoint(a) else ()):
             value = a.get(key)
             if not value:
                 continue
@@ -235,10 +337,96 @@ class _Scanner(HTMLParser):
 
 _TAG_RE = re.compile(r"<[^<>]{0,10000}>")
 
+# ---- the fast path: one regex pass over well-formed markup
+#
+# _fast_scan feeds the _Scanner callbacks the events html.parser would feed them, for the
+# markup it accepts: start tags whose attributes are separated by ASCII spaces and quoted
+# or plainly unquoted, end tags, comments without "--" inside, <!doctype> and <?...?>, and
+# text in which a '<' is not followed by a letter, '/', '!' or '?'.  Everything else
+# (Outlook's <![if ...]>, </ x>, attributes glued together, script or style content
+# holding "</", raw-text elements that later Pythons parse differently, ...) makes it
+# return None, and html.parser reads the whole markup instead.
+_W = r"[ \t\n\r\f]"
+_TAG_NAME = r"[a-zA-Z][-a-zA-Z0-9:_.]*"
+_ATTR_NAME = r"[a-zA-Z_:][-a-zA-Z0-9_:.]*"
+_ATTR_VALUE = r"""(?:"[^"]*+"|'[^']*+'|(?!["'=])[^\s>]++)"""
+_FAST_TOKEN = re.compile(
+    rf"<(?:({_TAG_NAME})((?:{_W}+{_ATTR_NAME}(?:{_W}*={_W}*{_ATTR_VALUE})?)*+){_W}*(/?)>"  # start tag
+    rf"|/({_TAG_NAME}){_W}*>"  # end tag
+    r"|!--(?!-?>)(?:[^-]|-(?!-))*+-->"  # comment
+    r"|![dD][oO][cC][tT][yY][pP][eE][^>]{0,4096}>|\?[^>]{0,4096}>)"  # <!doctype ...>, <?...>
+)
+_FAST_ATTR = re.compile(rf"""{_W}+({_ATTR_NAME})({_W}*={_W}*(?:"([^"]*)"|'([^']*)'|((?!["'=])[^\s>]+)))?""")
+_BAD_LT = re.compile(r"<[a-zA-Z/!?]")
+# html.parser's CDATA elements: their content is raw text up to the end tag.
+_CDATA_TAGS = frozenset({"script", "style"})
+# Elements that newer html.parser versions read as raw or escapable raw text: accepted only
+# when that makes no difference (no '<' inside; no '&' unless the text is escapable).
+_RAW_TAGS = frozenset({"title", "textarea", "xmp", "iframe", "noembed", "noframes", "noscript", "plaintext"})
+_ESCAPABLE_RAW_TAGS = frozenset({"title", "textarea"})
 
-@lru_cache(maxsize=4)
+
+def _fast_scan(markup: str) -> HtmlScan | None:
+    sc = _Scanner()
+    starttag, endtag, data = sc.handle_starttag, sc.handle_endtag, sc.handle_data
+    search = _FAST_TOKEN.search
+    n = len(markup)
+    pos = 0
+    while True:
+        m = search(markup, pos)
+        stop = m.start() if m else n
+        if stop > pos:
+            text = markup[pos:stop]
+            if "<" in text and _BAD_LT.search(text):
+                return None
+            data(unescape(text) if "&" in text else text)
+        if m is None:
+            break
+        pos = m.end()
+        name, attrs, slash, end_name = m.group(1, 2, 3, 4)
+        if name is not None:
+            tag = name.lower()
+            attr_list = [(k.lower(), (unescape(v) if "&" in v else v) if (v := dq or sq or bare) or eq else None)
+                         for k, eq, dq, sq, bare in _FAST_ATTR.findall(attrs)] if attrs else []
+            if tag in _CDATA_TAGS or tag in _RAW_TAGS:
+                if slash or tag == "plaintext":
+                    return None
+                close = f"</{tag}>"
+                # style may hold "<!--" (mail clients' habit); script's escaped states differ
+                # between parsers, so there no '<' at all.
+                j = markup.find("</" if tag == "style" else "<", pos)
+                if j < 0 or markup[j:j + len(close)].lower() != close:
+                    return None
+                content = markup[pos:j]
+                if tag in _RAW_TAGS and "&" in content:
+                    if tag not in _ESCAPABLE_RAW_TAGS:
+                        return None
+                    content = unescape(content)
+                starttag(tag, attr_list)
+                if content:
+                    data(content)
+                endtag(tag)
+                pos = j + len(close)
+                continue
+            starttag(tag, attr_list)
+            if slash:
+                endtag(tag)
+        elif end_name is not None:
+            endtag(end_name.lower())
+    scan = sc.scan
+    scan.text = "".join(sc._text)
+    return scan
+
+
+@per_message_cache(4)
 def scan_html(markup: str) -> HtmlScan:
     """Parse once; every content filter reuses the result."""
+    try:
+        fast = _fast_scan(markup)
+    except Exception:  # never let markup crash the chain
+        fast = None
+    if fast is not None:
+        return fast
     scanner = _Scanner()
     try:
         scanner.feed(markup)
