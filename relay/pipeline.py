@@ -492,8 +492,9 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
             if "\r" in text or "\n" in text:
                 # CVE-2024-6923: an encoded line break must never become a header.
                 raise MessageRefused(f"554 5.6.0 The {name[:40]} header decodes to a line break.", "malformed")
+    names = [k.lower() for k in message.keys()]
     for name in ("From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID"):
-        if len(message.get_all(name, [])) > 1:
+        if names.count(name.lower()) > 1:
             raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
                                  "malformed")
     for part in message.walk():
@@ -504,9 +505,12 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
                                      "malformed")
 
 
+# Headers whose values the relay reads or copies.  To, Cc, Sender and
+# Reply-To are dropped unread (only counted); a forwarded message's own
+# From/To/Cc are rebuilt defensively in relay.rewrite.
 _READ_HEADERS = frozenset(h.lower() for h in (
-    "From", "Sender", "Reply-To", "To", "Cc", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
-    "Auto-Submitted", "Importance", "Precedence", "X-Autoreply", "X-Autorespond", "X-Relay-Loop", "MIME-Version",
+    "From", "Subject", "Date", "Message-ID", "In-Reply-To", "References",
+    "Auto-Submitted", "Importance", "Precedence", "X-Autoreply", "X-Autorespond", "X-Relay-Loop",
     "Content-Type", "Content-Transfer-Encoding", "Content-Disposition", "Content-ID", "Content-Description",
     "Content-Language"))
 

@@ -152,6 +152,12 @@ def _address_regex(address: str) -> str:
     return f"{chars(local)}{_GAP}{_char_regex('@')}{_GAP}(?:{domain_alt})"
 
 
+# Every spelling of "@" that _address_regex accepts starts with one of these;
+# text without any of them cannot hold an address, and the full pattern (slow:
+# every character in several encodings) need not run.
+_AT_HINT = re.compile(r"[@%=\uff20]|&#|&commat|(?:\s|[\[(])at(?:\s|[\])])", re.IGNORECASE)
+
+
 class Scrubber:
     """Replace each known real address by its alias, in one regex pass."""
 
@@ -167,7 +173,7 @@ class Scrubber:
         self._needles = [k.encode("ascii", "ignore") for k in keys]
 
     def text(self, value: str) -> str:
-        if self._regex is None or not value:
+        if self._regex is None or not value or not _AT_HINT.search(value):
             return value
         return self._regex.sub(lambda m: self._aliases[int(m.lastgroup[1:])], value)
 

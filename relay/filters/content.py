@@ -254,65 +254,78 @@ class _Scanner(HTMLParser):
 
     # -- parser callbacks
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._start(tag, {k.lower(): (v or "") for k, v in attrs} if attrs else None)
+
+    def _start(self, tag: str, a: dict[str, str] | None) -> None:
+        """A start tag, its attributes lower-cased with None made "" (None: no attributes)."""
         if tag in _HIDDEN_TAGS and tag != "head":
             self._hidden += 1
         if tag == "style":
             self._in_style += 1
         if tag in _BLOCK_TAGS:
             self._text.append("\n")
-        if not attrs:  # most tags: only the bookkeeping below applies
+        if not a:  # most tags: only the bookkeeping below applies
             if tag == "a":
                 self._link_stack.append("")
             elif tag == "img" and self._link_stack and self._link_stack[-1]:
                 self.scan.linked_images.append((self._link_stack[-1], ""))
             return
-        a = {k.lower(): (v or "") for k, v in attrs}
-        for key in (_RESOURCE_ATTRS if not _RESOURCE_ATTRS.isdisjoint(a) else ()):
-            value = a.get(key)
-            if not value:
-                continue
-            if key == "data" and tag != "object":
-                continue
-            if key in ("srcset", "imagesrcset"):
-                for candidate in value.split(","):
-                    self._resource(tag, key, candidate.strip().split(" ")[0])
-            else:
-                self._resource(tag, key, value)
+        scan = self.scan
+        if not _RESOURCE_ATTRS.isdisjoint(a):
+            for key in _RESOURCE_ATTRS:
+                value = a.get(key)
+                if not value:
+                    continue
+                if key == "data" and tag != "object":
+                    continue
+                if key in ("srcset", "imagesrcset"):
+                    for candidate in value.split(","):
+                        self._resource(tag, key, candidate.strip().split(" ")[0])
+                else:
+                    self._resource(tag, key, value)
         if tag in ("image", "use", "feimage"):  # SVG
             for key in ("href", "xlink:href"):
                 if a.get(key):
                     self._resource(tag, key, a[key])
-        if a.get("style"):
-            self._css(tag, "style", a["style"])
-        if tag == "link" and a.get("href"):
-            rels = set(a.get("rel", "").lower().split())
-            if rels & _NAV_LINK_RELS or not rels:
-                self._resource(tag, "href", a["href"])
-            else:
-                self.scan.hrefs.append((tag, "href", a["href"]))
-        elif tag in ("a", "area") and a.get("href"):
-            self.scan.hrefs.append((tag, "href", a["href"]))
-        elif tag == "base" and a.get("href"):
-            self.scan.hrefs.append((tag, "href", a["href"]))
-            self.scan.base_href = a["href"]
-        if tag == "form" and a.get("action"):
-            self.scan.hrefs.append((tag, "action", a["action"]))
+        style = a.get("style", "")
+        if style:
+            self._css(tag, "style", style)
+        href = a.get("href")
+        if tag == "link":
+            if href:
+                rels = set(a.get("rel", "").lower().split())
+                if rels & _NAV_LINK_RELS or not rels:
+                    self._resource(tag, "href", href)
+                else:
+                    scan.hrefs.append((tag, "href", href))
+        elif tag == "a" or tag == "area":
+            if href:
+                scan.hrefs.append((tag, "href", href))
+        elif tag == "base":
+            if href:
+                scan.hrefs.append((tag, "href", href))
+                scan.base_href = href
+        elif tag == "form":
+            if a.get("action"):
+                scan.hrefs.append((tag, "action", a["action"]))
+        elif tag == "meta":
+            if a.get("http-equiv", "").lower() == "refresh":
+                m = _REFRESH_URL.search(a.get("content", ""))
+                if m:
+                    scan.hrefs.append((tag, "content", m.group(1)))
         if a.get("formaction"):
-            self.scan.hrefs.append((tag, "formaction", a["formaction"]))
-        if tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
-            m = _REFRESH_URL.search(a.get("content", ""))
-            if m:
-                self.scan.hrefs.append((tag, "content", m.group(1)))
+            # (a form's action is recorded first; a meta refresh cannot also have a formaction
+            # that matters: the order of these two only changes the order of findings)
+            scan.hrefs.append((tag, "formaction", a["formaction"]))
         if tag == "a":
-            self._link_stack.append(a.get("href", ""))
-        if tag == "img":
+            self._link_stack.append(href or "")
+        elif tag == "img":
             src = a.get("src", "")
             if self._link_stack and self._link_stack[-1]:
-                self.scan.linked_images.append((self._link_stack[-1], src))
-            style = a.get("style", "")
+                scan.linked_images.append((self._link_stack[-1], src))
             if (_SIZE_ONE.match(a.get("width", "x")) or _SIZE_ONE.match(a.get("height", "x"))
                     or _STYLE_TINY.search(style) or _STYLE_HIDDEN.search(style)):
-                self.scan.tiny_images.append(src)
+                scan.tiny_images.append(src)
             alt = a.get("alt", "")
             if alt and not self._hidden:
                 self._text.append(f" {alt} ")
@@ -350,14 +363,16 @@ _W = r"[ \t\n\r\f]"
 _TAG_NAME = r"[a-zA-Z][-a-zA-Z0-9:_.]*"
 _ATTR_NAME = r"[a-zA-Z_:][-a-zA-Z0-9_:.]*"
 _ATTR_VALUE = r"""(?:"[^"]*+"|'[^']*+'|(?!["'=])[^\s>]++)"""
-_FAST_TOKEN = re.compile(
-    rf"<(?:({_TAG_NAME})((?:{_W}+{_ATTR_NAME}(?:{_W}*={_W}*{_ATTR_VALUE})?)*+){_W}*(/?)>"  # start tag
+_FAST_STEP = re.compile(
+    r"([^<]*+)(?:<(?:"
+    rf"({_TAG_NAME})((?:{_W}+{_ATTR_NAME}(?:{_W}*={_W}*{_ATTR_VALUE})?)*+){_W}*(/?)>"  # start tag
     rf"|/({_TAG_NAME}){_W}*>"  # end tag
     r"|!--(?!-?>)(?:[^-]|-(?!-))*+-->"  # comment
     r"|![dD][oO][cC][tT][yY][pP][eE][^>]{0,4096}>|\?[^>]{0,4096}>)"  # <!doctype ...>, <?...>
+    r"|(<)|\Z)"  # a '<' that starts no token, or the end
 )
 _FAST_ATTR = re.compile(rf"""{_W}+({_ATTR_NAME})({_W}*={_W}*(?:"([^"]*)"|'([^']*)'|((?!["'=])[^\s>]+)))?""")
-_BAD_LT = re.compile(r"<[a-zA-Z/!?]")
+_TOKEN_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ/!?")
 # html.parser's CDATA elements: their content is raw text up to the end tag.
 _CDATA_TAGS = frozenset({"script", "style"})
 # Elements that newer html.parser versions read as raw or escapable raw text: accepted only
@@ -366,26 +381,44 @@ _RAW_TAGS = frozenset({"title", "textarea", "xmp", "iframe", "noembed", "noframe
 _ESCAPABLE_RAW_TAGS = frozenset({"title", "textarea"})
 
 
+# Tags whose start or end does more than add a line break; the others are handled inline.
+_START_SPECIAL = _HIDDEN_TAGS | _CDATA_TAGS | _RAW_TAGS | {"a", "img"}
+_END_SPECIAL = (_HIDDEN_TAGS - {"head"}) | {"style", "a"}
+
+
 def _fast_scan(markup: str) -> HtmlScan | None:
     sc = _Scanner()
     starttag, endtag, data = sc.handle_starttag, sc.handle_endtag, sc.handle_data
-    search = _FAST_TOKEN.search
+    text_append = sc._text.append
+    step = _FAST_STEP.match
+    block, start_special, end_special = _BLOCK_TAGS, _START_SPECIAL, _END_SPECIAL
     n = len(markup)
     pos = 0
     while True:
-        m = search(markup, pos)
-        stop = m.start() if m else n
-        if stop > pos:
-            text = markup[pos:stop]
-            if "<" in text and _BAD_LT.search(text):
-                return None
-            data(unescape(text) if "&" in text else text)
-        if m is None:
-            break
+        m = step(markup, pos)
+        text, name, attrs, slash, end_name, lt = m.groups()
+        if text:
+            if "&" in text:
+                text = unescape(text)
+            if sc._in_style or sc._hidden:
+                data(text)
+            else:
+                text_append(text)
         pos = m.end()
-        name, attrs, slash, end_name = m.group(1, 2, 3, 4)
-        if name is not None:
+        if end_name is not None:
+            tag = end_name.lower()
+            if tag in end_special:
+                endtag(tag)
+            elif tag in block:
+                text_append("\n")
+        elif name is not None:
             tag = name.lower()
+            if not attrs and tag not in start_special:
+                if tag in block:
+                    text_append("\n\n" if slash else "\n")
+                if pos >= n:
+                    break
+                continue
             attr_list = [(k.lower(), (unescape(v) if "&" in v else v) if (v := dq or sq or bare) or eq else None)
                          for k, eq, dq, sq, bare in _FAST_ATTR.findall(attrs)] if attrs else []
             if tag in _CDATA_TAGS or tag in _RAW_TAGS:
@@ -411,8 +444,12 @@ def _fast_scan(markup: str) -> HtmlScan | None:
             starttag(tag, attr_list)
             if slash:
                 endtag(tag)
-        elif end_name is not None:
-            endtag(end_name.lower())
+        elif lt is not None:
+            if markup[pos:pos + 1] in _TOKEN_START:
+                return None
+            data("<")
+        if pos >= n:
+            break
     scan = sc.scan
     scan.text = "".join(sc._text)
     return scan
