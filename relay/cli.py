@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -116,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(settings.logging.level)
         _use_uvloop()
-        return _run(serve(settings, getattr(args, "config", None)))
+        return _serve_processes(settings, getattr(args, "config", None))
     from relay.logs import configure_logging
 
     configure_logging("warning")
@@ -129,6 +130,47 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"relay: {exc}", file=sys.stderr)
             return 2
     return _run(_with_store(settings, args))
+
+
+def _serve_processes(settings: Settings, config_path: str | None) -> int:
+    """One process per listen.workers, forked before any event loop or
+    thread exists.  They share the listening ports with SO_REUSEPORT and the
+    store through SQLite; only the first (this one) delivers, woken through
+    a pipe when another one queued a message."""
+    from relay.server import serve
+
+    if settings.listen.workers <= 1:
+        return _run(serve(settings, config_path))
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
+    children: list[int] = []
+    for _ in range(settings.listen.workers - 1):
+        pid = os.fork()
+        if pid == 0:  # an acceptor
+            os.close(read_fd)
+            os.environ.pop("NOTIFY_SOCKET", None)  # only the primary talks to systemd
+            os.environ.pop("WATCHDOG_USEC", None)
+            _die_with_parent()
+            code = 1
+            try:
+                code = _run(serve(settings, config_path, role="acceptor", wake_fd=write_fd))
+            finally:
+                os._exit(code)
+        children.append(pid)
+    os.close(write_fd)
+    return _run(serve(settings, config_path, role="primary", wake_fd=read_fd, workers=children))
+
+
+def _die_with_parent() -> None:
+    """Linux: an acceptor gets SIGTERM if the primary dies (PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))
+    except (OSError, AttributeError):
+        pass
 
 
 def _use_uvloop() -> None:

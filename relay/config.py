@@ -42,6 +42,9 @@ class ListenSection:
     mx: str = "127.0.0.1:2525"
     # Sellers' submission port (STARTTLS, then AUTH); "" = off. Needs [tls].
     submission: str = ""
+    # Processes accepting on the same ports (SO_REUSEPORT), one per core; the
+    # first also delivers. More than 1 needs fixed ports (not port 0).
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,10 @@ def _validate(settings: Settings) -> None:
     for key in ("listen.mx", "delivery.smarthost"):
         section, name = key.split(".")
         parse_hostport(key, getattr(getattr(settings, section), name))
+    if not 1 <= settings.listen.workers <= 64:
+        raise ConfigError("listen.workers must be between 1 and 64")
+    if settings.listen.workers > 1 and parse_hostport("listen.mx", settings.listen.mx)[1] == 0:
+        raise ConfigError("listen.workers above 1 needs a fixed listen.mx port, not 0")
     for key in ("listen.submission", "metrics.listen"):  # optional: "" = off
         section, name = key.split(".")
         if getattr(getattr(settings, section), name):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import re
 import signal
 import time
@@ -644,9 +645,14 @@ def _server_tls(settings: Settings):
 class RelayDaemon:
     """Store, pipeline, delivery and listeners, started and stopped together."""
 
-    def __init__(self, settings: Settings, config_path: str | None = None):
+    def __init__(self, settings: Settings, config_path: str | None = None, role: str = "primary",
+                 wake_fd: int | None = None):
         self.settings = settings
         self.config_path = config_path
+        # "primary" delivers and serves metrics; an "acceptor" (listen.workers
+        # > 1) only takes mail and wakes the primary's delivery through wake_fd.
+        self.role = role
+        self.wake_fd = wake_fd
         self.log = get_logger()
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
@@ -684,14 +690,17 @@ class RelayDaemon:
         if s.listen.submission:
             self.submission_server = await self._listen("listen.submission", s.listen.submission,
                                                         lambda: self._protocol("submission"))
-        if s.metrics.listen:
+        if s.metrics.listen and self.role == "primary":
             host, port = parse_hostport("metrics.listen", s.metrics.listen)
             try:
                 self.metrics_server = await start_http(self.metrics, host, port, ready=lambda: self.ready)
             except OSError as exc:
                 raise StartError(f"cannot listen on metrics.listen {s.metrics.listen}: {exc.strerror or exc}") \
                     from None
-        await self.delivery.start()
+        if self.role == "primary":
+            await self.delivery.start()
+            if self.wake_fd is not None:
+                asyncio.get_running_loop().add_reader(self.wake_fd, self._woken_by_acceptor)
         await self._refresh_queue_stats()
         self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
         self.ready = True
@@ -703,7 +712,9 @@ class RelayDaemon:
     async def _listen(self, key: str, value: str, factory: Callable[[], RelaySMTP]) -> asyncio.AbstractServer:
         host, port = parse_hostport(key, value)
         try:
-            return await asyncio.get_running_loop().create_server(factory, host=host, port=port, reuse_address=True)
+            return await asyncio.get_running_loop().create_server(
+                factory, host=host, port=port, reuse_address=True,
+                reuse_port=self.settings.listen.workers > 1 or None)
         except OSError as exc:
             raise StartError(f"cannot listen on {key} {value}: {exc.strerror or exc}") from None
 
@@ -738,8 +749,22 @@ class RelayDaemon:
 
     def _queued(self) -> None:
         assert self.delivery is not None
-        self.delivery.wake()
+        if self.role == "primary":
+            self.delivery.wake()
+        elif self.wake_fd is not None:
+            try:
+                os.write(self.wake_fd, b"q")  # the primary delivers; a full pipe already means "wake"
+            except (BlockingIOError, OSError):
+                pass
         self._stats_due.set()
+
+    def _woken_by_acceptor(self) -> None:
+        try:
+            os.read(self.wake_fd, 4096)  # type: ignore[arg-type]
+        except (BlockingIOError, OSError):
+            pass
+        if self.delivery is not None:
+            self.delivery.wake()
 
     def _delivery_outcome(self, outcome: str) -> None:
         self.metrics.delivery(outcome)
@@ -874,6 +899,8 @@ class RelayDaemon:
                 session.drop(SHUTTING_DOWN, "shutdown")
         if self.delivery is not None:
             await self.delivery.stop()
+        if self.wake_fd is not None and self.role == "primary":
+            asyncio.get_running_loop().remove_reader(self.wake_fd)
         if self.metrics_server is not None:
             self.metrics_server.close()
         for task in self._tasks:
@@ -905,15 +932,19 @@ def _address_of(server: asyncio.AbstractServer | None) -> str | None:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(settings: Settings, config_path: str | None = None) -> int:
-    daemon = RelayDaemon(settings, config_path)
+async def serve(settings: Settings, config_path: str | None = None, role: str = "primary",
+                wake_fd: int | None = None, workers: list[int] | None = None) -> int:
+    """Run one daemon process until SIGTERM.  With listen.workers > 1 the
+    primary also forwards SIGTERM and SIGHUP to its acceptor processes."""
+    daemon = RelayDaemon(settings, config_path, role, wake_fd)
+    workers = workers or []
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, daemon.sighup)
+    loop.add_signal_handler(signal.SIGHUP, lambda: (daemon.sighup(), _signal_workers(workers, signal.SIGHUP)))
     try:
         await daemon.start()
     except ConfigError as exc:
@@ -933,5 +964,36 @@ async def serve(settings: Settings, config_path: str | None = None) -> int:
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     notify.stopping()
+    _signal_workers(workers, signal.SIGTERM)
     await daemon.stop()
+    await _reap_workers(workers, daemon.settings.limits.drain_timeout + PIPELINE_GRACE + 5)
     return 0
+
+
+def _signal_workers(workers: list[int], sig: int) -> None:
+    for pid in workers:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+async def _reap_workers(workers: list[int], timeout: float) -> None:
+    """Wait for the acceptor processes to drain and exit; kill the rest."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    pending = set(workers)
+    while pending:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                pending.discard(pid)
+        if not pending:
+            break
+        if loop.time() > deadline:
+            _signal_workers(list(pending), signal.SIGKILL)
+            deadline = loop.time() + 5
+        await asyncio.sleep(0.05)
