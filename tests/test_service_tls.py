@@ -145,3 +145,39 @@ async def test_required_tls_to_the_smarthost_is_verified(relay_factory, tls_file
         # A certificate the CA file does not vouch for: deferred, never sent in clear or unverified.
         await wait_for_event(relay, "delivery.deferred")
         assert handler.messages == []
+
+
+async def test_starttls_command_injection_is_discarded(relay_factory, tls_files):
+    """THREATS #11 (CVE-2011-0411 class): plaintext pipelined after STARTTLS
+    must not be executed inside the TLS session; the client must EHLO again."""
+    import socket
+    import ssl
+
+    relay = await relay_factory({"tls": {"cert": str(tls_files.cert), "key": str(tls_files.key)}})
+    sock = socket.create_connection(relay.mx, timeout=15)
+    reader = sock.makefile("rb")
+
+    def reply(stream) -> bytes:
+        lines = []
+        while True:
+            line = stream.readline()
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"".join(lines)
+
+    assert reply(reader).startswith(b"220")
+    sock.sendall(b"EHLO attacker.test\r\n")
+    reply(reader)
+    assert sock.sendall(b"STARTTLS arg\r\n") is None and reply(reader).startswith(b"501")
+    sock.sendall(b"STARTTLS\r\nMAIL FROM:<injected@evil.example>\r\n")  # one segment
+    assert reply(reader).startswith(b"220")
+    tls = tls_files.client_context().wrap_socket(sock, server_hostname="mx.relay.example")
+    stream = tls.makefile("rb")
+    tls.sendall(b"RCPT TO:<postmaster@relay.example>\r\n")
+    answer = reply(stream)
+    # The injected MAIL was discarded, and the session was reset: EHLO first, or MAIL first.
+    assert answer.startswith(b"503"), answer
+    tls.sendall(b"EHLO attacker.test\r\n")
+    assert reply(stream).startswith(b"250")
+    tls.sendall(b"QUIT\r\n")
+    tls.close()
