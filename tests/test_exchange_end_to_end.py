@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import sqlite3
+import subprocess
 from email import message_from_bytes, policy
 
 import pytest
@@ -233,3 +235,17 @@ async def test_bounce_to_the_envelope_sender_is_recorded_not_forwarded(scenario)
     assert scenario.buyer_alias in text
     rows = relay.audit(scenario.order)
     assert rows[-1]["direction"] == "unknown"
+
+
+@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)")
+async def test_swaks_as_the_sellers_mail_client(scenario):
+    relay = scenario.relay
+    result = subprocess.run(
+        ["swaks", "--server", f"{relay.mx[0]}:{relay.mx[1]}", "--from", scenario.seller_email,
+         "--to", scenario.buyer_alias, "--header", "Subject: Your parcel",
+         "--header", f"From: Sam <{scenario.seller_email}>", "--body", "Your parcel leaves tomorrow."],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (delivered,) = await relay.sink.wait_for_count(1)
+    assert delivered.rcpt_tos == [scenario.buyer_email]
+    assert scenario.seller_email.encode() not in delivered.data
