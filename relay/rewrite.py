@@ -22,8 +22,10 @@ import base64
 import binascii
 import functools
 import hashlib
+import html
 import re
 import secrets
+import urllib.parse
 from dataclasses import dataclass, field
 from datetime import timezone
 from email import policy
@@ -159,23 +161,31 @@ _AT_HINT = re.compile(r"[@%=\uff20]|&#|&commat|(?:\s|[\[(])at(?:\s|[\])])", re.I
 
 
 class Scrubber:
-    """Replace each known real address by its alias, in one regex pass."""
+    """Replace each known real address by its alias.
+
+    The exact pattern of an address (every character in several encodings)
+    is costly to compile (~10 ms), so it is only used on text that holds the
+    address: a cheap normalised view of the text (entities, %-escapes and
+    quoted-printable decoded; tags, invisible characters and soft breaks
+    removed; spelled-out "at"/"dot" read as "@"/".") is searched first, and
+    each address's pattern is compiled once per process, when first needed.
+    The normalised view undoes everything the pattern accepts, so it can only
+    over-report, never miss."""
 
     def __init__(self, replacements: dict[str, str]):
         self.replacements = {k.lower(): v for k, v in replacements.items() if k}
-        keys = sorted(self.replacements, key=len, reverse=True)
-        self._aliases = [self.replacements[k] for k in keys]
-        if keys:
-            pattern = "|".join(f"(?P<a{i}>{_address_regex(k)})" for i, k in enumerate(keys))
-            self._regex: re.Pattern | None = re.compile(pattern, re.IGNORECASE)
-        else:
-            self._regex = None
-        self._needles = [k.encode("ascii", "ignore") for k in keys]
+        self._keys = sorted(self.replacements, key=len, reverse=True)
+        self._forms = {k: _address_forms(k) for k in self._keys}
+        self._needles = [k.encode("ascii", "ignore") for k in self._keys]
 
     def text(self, value: str) -> str:
-        if self._regex is None or not value or not _AT_HINT.search(value):
+        if not self._keys or not value or not _AT_HINT.search(value):
             return value
-        return self._regex.sub(lambda m: self._aliases[int(m.lastgroup[1:])], value)
+        view = normalised_view(value)
+        for key in self._keys:
+            if any(form in view for form in self._forms[key]):
+                value = _address_pattern(key).sub(self.replacements[key], value)
+        return value
 
     def found_in_bytes(self, data: bytes) -> bool:
         """Does a binary blob hold a real address (ASCII or UTF-16)?"""
@@ -184,6 +194,49 @@ class Scrubber:
             if needle in low or needle.decode().encode("utf-16-le") in low:
                 return True
         return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _address_pattern(address: str) -> re.Pattern:
+    return re.compile(_address_regex(address), re.IGNORECASE)
+
+
+def _address_forms(address: str) -> tuple[str, ...]:
+    """The address as it reads once normalised (ASCII and Unicode domain)."""
+    forms = [address.lower()]
+    local, _, domain = address.rpartition("@")
+    if "xn--" in domain:
+        try:
+            forms.append(f"{local}@{domain.encode('ascii').decode('idna')}".lower())
+        except UnicodeError:
+            pass
+    return tuple(forms)
+
+
+_TAG = re.compile(r"<[^<>]{0,200}>")
+_SOFT_BREAK = re.compile(r"=\r?\n|\r?\n[ \t]")
+_QP_ESCAPE = re.compile(r"=([0-9a-fA-F]{2})")
+_INVISIBLE = re.compile(f"[{ZERO_WIDTH}\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_AT_WORD = re.compile(r"\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+|\uff20", re.IGNORECASE)
+_DOT_WORD = re.compile(r"\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+", re.IGNORECASE)
+
+
+def normalised_view(text: str) -> str:
+    """What a reader could make of the text: every encoding and filler that
+    _address_regex tolerates is undone (a superset: decoding twice, mixing
+    forms), lowercased."""
+    view = _SOFT_BREAK.sub("", text)
+    # With the tags removed (an address split by <wbr>) and kept (an address
+    # inside an attribute, href="mailto:...").
+    view = view + "\n" + _TAG.sub("", view)
+    for _ in range(2):
+        view = html.unescape(view)
+        view = urllib.parse.unquote(view)
+    view = _QP_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), view)
+    view = _INVISIBLE.sub("", view)
+    view = _AT_WORD.sub("@", view)
+    view = _DOT_WORD.sub(".", view)
+    return view.lower()
 
 
 def clean_header_text(value: str) -> str:
