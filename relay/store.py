@@ -328,8 +328,11 @@ class Store:
 
     async def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         try:
-            async with self._reader.execute(sql, params if isinstance(params, dict) else tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+            # One thread hop that steps the statement to its end: with execute()
+            # + fetchall() the statement stayed pending between hops and held the
+            # reader on an old snapshot (stale reads found by the benchmark).
+            return list(await self._reader.execute_fetchall(
+                sql, params if isinstance(params, dict) else tuple(params)))
         except (sqlite3.Error, OSError) as exc:
             raise _storage_error(exc) from exc
 

@@ -41,7 +41,7 @@ async def test_two_workers_accept_and_deliver_everything(relay_factory, sink):
     assert sorted(int(d.data.split(b"Subject: q")[1].split(b"\r\n")[0]) for d in delivered) == list(range(count))
     rows = relay.audit("o1")
     assert len(rows) == count and all(r["verdict"] == "accepted" for r in rows)
-    assert await relay.stop() == 0
+    assert await relay.stop(timeout=60) == 0
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
