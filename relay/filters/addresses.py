@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from relay.filters.base import FROM_SELLER, FilterContext, Finding, MessageView
-from relay.filters.content import Findings, Spans, fold, html_scans, split_host, text_sources, url_scheme
+from relay.filters.content import (
+    Findings, Spans, casefree, fold, html_scans, per_message_cache, split_host, text_sources, windowed_finditer,
+    windows,
+)
 from relay.filters.settings import FilterSettings
 
 SENTENCE = ("Email addresses may not be shared in messages; remove the address and keep the conversation "
@@ -91,23 +94,51 @@ def _is_own(address: str, ctx: FilterContext) -> bool:
     return bool(relay) and (domain == relay or domain.endswith("." + relay))
 
 
-def find_emails(text: str) -> list[tuple[int, int, str]]:
+# Anchors (see content.windowed_finditer): every LITERAL_EMAIL match holds an '@' with its
+# local part at most 66 characters before it and its domain starting within 3 after it.
+_AT_SIGN = re.compile("@")
+# Every OBFUSCATED_EMAIL match holds its at-group's word or sign (searched in the lower-cased
+# text), followed by the start of a domain with at least one dot; the match reaches at most
+# 6 + 303 characters before the anchor and 6 + 383 after it.
+_AT_ANCHORS = (
+    re.compile(r"at(?<=[\s\[\(\{<]at)(?=[\s\]\)\}>])"),
+    re.compile(r"arobase(?<=[\s\[\(\{<]arobase)(?=[\s\]\)\}>])"),
+    re.compile(r"@(?:(?<=[\s\[\(\{<]@)|(?=[\s\]\)\}>]))"),
+)
+_AT_TAIL = re.compile(rf"(?:at|arobase|@)(?:\s{{0,2}}[\]\)\}}>])?\s{{0,3}}[\w-]{{1,63}}+(?:{_DOT})[\w-]")
+
+
+def _obfuscated_windows(folded: str) -> list[tuple[int, int]]:
+    low = casefree(folded)
+    if low is None:
+        return [(0, len(folded))]
+    tail = _AT_TAIL.match
+    anchors = sorted(m.span() for regex in _AT_ANCHORS for m in regex.finditer(low) if tail(low, m.start()))
+    return windows(folded, anchors, 320, 400)
+
+
+@per_message_cache(8)
+def find_emails(text: str) -> tuple[tuple[int, int, str], ...]:
     """(start, end, normalised address) of every address in `text`, own ones included."""
     folded = fold(text)
     found: list[tuple[int, int, str]] = []
     taken = Spans(len(folded))
     if "@" in folded:
-        for m in LITERAL_EMAIL.finditer(folded):
+        at_signs = [m.span() for m in _AT_SIGN.finditer(folded)]
+        for m in windowed_finditer(LITERAL_EMAIL, folded, windows(folded, at_signs, 66, 3)):
             local, domain = m.group(1).strip(".'"), m.group(3)
             if not local or not _domain_ok(domain, strict=False):
                 continue
             start = m.start(1) + (len(m.group(1)) - len(m.group(1).lstrip(".'")))
             found.append((start, m.end(), f"{local}@{domain}".lower()))
             taken.claim(m.start(), m.end())
+    wins = _obfuscated_windows(folded)
+    if not wins:
+        return tuple(found)
     lowered = folded.lower()
     if not any(tok in lowered for tok in (" at ", "[at]", "(at)", "{at}", "<at>", "arobase", " @", "@ ")):
-        return found
-    for m in OBFUSCATED_EMAIL.finditer(folded):
+        return tuple(found)
+    for m in windowed_finditer(OBFUSCATED_EMAIL, folded, wins):
         if taken.overlaps(m.start(), m.end()):
             continue
         weak = m.group("at").strip().lower() in ("at", "arobase")
@@ -128,7 +159,7 @@ def find_emails(text: str) -> list[tuple[int, int, str]]:
                 if split_host(domain)[1] not in _MAIL_PROVIDERS or raw_tld[:1].isupper() and raw_tld[1:].islower():
                     continue  # "details at lunacrafts.shop" is a link; "at work.It was" is prose
         found.append((m.start(), m.end(), f"{local}@{domain}".lower()))
-    return found
+    return tuple(found)
 
 
 @dataclass
@@ -144,8 +175,8 @@ class EmailAddress:
                 if not _is_own(address, ctx):
                     out.add(text[start:end], location)
         for location, scan in html_scans(view):
-            for _tag, _attr, value in scan.hrefs:
-                if url_scheme(value) != "mailto":
+            for value, _url, scheme in scan.targets():
+                if scheme != "mailto":
                     continue
                 # the recipients, cc= and bcc= included
                 for _s, _e, address in find_emails(unquote(value.strip()[7:]).replace(",", " ")):

@@ -106,6 +106,87 @@ def fold(text: str) -> str:
     return _FOLD_RE.sub(_fold_char, text)
 
 
+@per_message_cache(8)
+def casefree(folded: str) -> str | None:
+    """`folded` lower-cased so that a pattern of lower-case ASCII compiled *without*
+    re.IGNORECASE matches where it matches `folded` *with* it (and the regex engine can
+    then skip ahead to its first letter); None if lower-casing would move offsets.
+    Only U+0130 (folded away by fold()), U+0131 and U+017F (folded) match an ASCII letter
+    under IGNORECASE without lower-casing to it."""
+    low = folded.lower()
+    if len(low) != len(folded):
+        return None
+    return low.replace("\u0131", "i") if "\u0131" in low else low
+
+
+# Bytes that are not [a-z0-9_] (after lower-casing; non-ASCII characters arrive as '?')
+# become spaces: what remains are whole words as \b and \w see them, or parts of them.
+_NON_WORD = bytes(c if (0x61 <= c <= 0x7a or 0x30 <= c <= 0x39 or c == 0x5f) else 0x20 for c in range(256))
+
+
+@per_message_cache(8)
+def word_bytes(folded: str) -> bytes:
+    """The case-free text as bytes, one per character, every byte that is not [a-z0-9_] (every
+    non-ASCII character among them) made a space: what remains are the words as \\b and \\w
+    see them, or parts of them, at their offsets in the text."""
+    low = casefree(folded)
+    if low is None:
+        low = folded.lower()
+    return low.encode("ascii", "replace").translate(_NON_WORD)
+
+
+# Words the filters look for, registered at import: stems (a word starting with one) and
+# whole words.  words_present() finds them all in one regex pass over word_bytes().
+_STEMS: set[bytes] = set()
+_WHOLE: set[bytes] = set()
+_index: list = []  # [regex, hit -> the stems it starts with] once built
+
+
+def register_words(stems=(), whole=()) -> None:
+    _STEMS.update(stems)
+    _WHOLE.update(whole)
+    _index.clear()
+
+
+def _trie(words: list[str]) -> str:
+    """A regex matching the longest of `words` that starts where it is tried."""
+    root: dict = {}
+    for word in words:
+        node = root
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def branch(node: dict) -> str:
+        keys = sorted(k for k in node if k)
+        if not keys:
+            return ""
+        body = "|".join(re.escape(k) + branch(node[k]) for k in keys)
+        if "" in node:
+            return f"(?:{body})?"
+        return body if len(keys) == 1 else f"(?:{body})"
+
+    return branch(root)
+
+
+@per_message_cache(8)
+def words_present(folded: str) -> frozenset[tuple[str, bytes]]:
+    """("w", stem) for each registered stem some word of the text starts with, and ("e", word)
+    for each registered whole word of the text.  At each word the regex matches the longest
+    entry the word starts with; the stems that start that entry come with it."""
+    if not _index:
+        entries = sorted(_STEMS | _WHOLE)
+        regex = re.compile((" (" + _trie([e.decode() for e in entries]) + ")(?=( ))?").encode())
+        _index[:] = [regex, {e: frozenset(("w", s) for s in _STEMS if e.startswith(s)) for e in entries}]
+    regex, stems = _index
+    found: set[tuple[str, bytes]] = set()
+    for hit, space in set(regex.findall(b" " + word_bytes(folded) + b" ")):
+        found |= stems[hit]
+        if space and hit in _WHOLE:
+            found.add(("e", hit))
+    return frozenset(found)
+
+
 # ---------------------------------------------------------------- windowed matching
 
 _SPACE = re.compile(r"\s")
@@ -134,29 +215,30 @@ def windows(text: str, anchors, before: int, after: int) -> list[tuple[int, int]
 
 
 def token_windows(text: str, anchors) -> list[tuple[int, int]]:
-    """Merged windows, each the whitespace-delimited token(s) holding (start, end) anchors
-    given in increasing order.  The start may reach back over rare Unicode spaces: a window
-    only has to hold every match."""
+    """Merged windows holding the whitespace-delimited token of each (start, end) anchor,
+    anchors given in increasing order.  A window may hold more than the token (it is cut at
+    the nearest space, line break, tab or carriage return; other spaces are rare): a window
+    only has to hold every match, and end on whitespace."""
     out: list[tuple[int, int]] = []
-    n = len(text)
+    spaces = [c for c in " \n\t\r" if c in text]
     for a, b in anchors:
         if out and a < out[-1][1]:
-            if b > out[-1][1]:
-                m = _SPACE.search(text, b)
-                out[-1] = (out[-1][0], m.start() if m else n)
+            if b > out[-1][1]:  # (an anchor spanning whitespace)
+                out[-1] = (out[-1][0], _space_at_or_after(text, b, spaces))
             continue
         lo = out[-1][1] if out else 0
-        s = max(text.rfind(" ", lo, a), text.rfind("\n", lo, a), text.rfind("\t", lo, a),
-                text.rfind("\r", lo, a)) + 1
-        if s < lo:
-            s = lo
-        m = _SPACE.search(text, b)
-        out.append((s, m.start() if m else n))
+        s = max([text.rfind(c, lo, a) for c in spaces], default=-1) + 1
+        out.append((max(s, lo), _space_at_or_after(text, b, spaces)))
     return out
 
 
+def _space_at_or_after(text: str, i: int, spaces: list[str]) -> int:
+    ends = [e for e in (text.find(c, i) for c in spaces) if e >= 0]
+    return min(ends) if ends else len(text)
+
+
 def windowed_finditer(regex: re.Pattern[str], text: str, wins):
-    """regex.finditer(text) restricted to windows.  It finds exactly the whole-text
+    r"""regex.finditer(text) restricted to windows.  It finds exactly the whole-text
     matches when every match lies inside a window and the regex reads the end of the
     string as it reads a whitespace character (no `$`; trailing look-aheads such as
     (?![\w-]) succeed on both): look-behinds still see the text before a window."""
@@ -164,16 +246,25 @@ def windowed_finditer(regex: re.Pattern[str], text: str, wins):
         yield from regex.finditer(text, s, e)
 
 
+_NOT_NEWLINE = re.compile(r"[^\n]")
+
+
 def mask(text: str, spans: list[tuple[int, int]]) -> str:
-    """Blank out spans (same length), so later patterns do not see them twice."""
+    """Blank out spans (same length; line breaks stay), so later patterns do not see them twice."""
     if not spans:
         return text
-    chars = list(text)
-    for start, end in spans:
-        for i in range(start, min(end, len(chars))):
-            if chars[i] != "\n":
-                chars[i] = " "
-    return "".join(chars)
+    pieces: list[str] = []
+    at = 0
+    for start, end in sorted(spans):
+        start, end = max(start, at), min(end, len(text))
+        if end <= start:
+            continue
+        pieces.append(text[at:start])
+        blank = text[start:end]
+        pieces.append(_NOT_NEWLINE.sub(" ", blank) if "\n" in blank else " " * (end - start))
+        at = end
+    pieces.append(text[at:])
+    return "".join(pieces)
 
 
 class Spans:
@@ -231,6 +322,15 @@ class HtmlScan:
     # src of images sized 0/1 px or hidden
     tiny_images: list[str] = field(default_factory=list)
     base_href: str = ""
+    _targets: list[tuple[str, str, str]] | None = field(default=None, repr=False, compare=False)
+
+    def targets(self) -> list[tuple[str, str, str]]:
+        """(value, clean_url(value), url_scheme(value)) of each of `hrefs`, in order, computed
+        once for all the filters that look at them."""
+        if self._targets is None:
+            self._targets = [(value, url, _scheme_of_clean(url))
+                             for _tag, _attr, value in self.hrefs for url in (clean_url(value),)]
+        return self._targets
 
 
 class _Scanner(HTMLParser):
@@ -308,15 +408,12 @@ class _Scanner(HTMLParser):
         elif tag == "form":
             if a.get("action"):
                 scan.hrefs.append((tag, "action", a["action"]))
-        elif tag == "meta":
-            if a.get("http-equiv", "").lower() == "refresh":
-                m = _REFRESH_URL.search(a.get("content", ""))
-                if m:
-                    scan.hrefs.append((tag, "content", m.group(1)))
         if a.get("formaction"):
-            # (a form's action is recorded first; a meta refresh cannot also have a formaction
-            # that matters: the order of these two only changes the order of findings)
             scan.hrefs.append((tag, "formaction", a["formaction"]))
+        if tag == "meta" and a.get("http-equiv", "").lower() == "refresh":
+            m = _REFRESH_URL.search(a.get("content", ""))
+            if m:
+                scan.hrefs.append((tag, "content", m.group(1)))
         if tag == "a":
             self._link_stack.append(href or "")
         elif tag == "img":
@@ -371,7 +468,7 @@ _FAST_STEP = re.compile(
     r"|![dD][oO][cC][tT][yY][pP][eE][^>]{0,4096}>|\?[^>]{0,4096}>)"  # <!doctype ...>, <?...>
     r"|(<)|\Z)"  # a '<' that starts no token, or the end
 )
-_FAST_ATTR = re.compile(rf"""{_W}+({_ATTR_NAME})({_W}*={_W}*(?:"([^"]*)"|'([^']*)'|((?!["'=])[^\s>]+)))?""")
+_FAST_ATTR = re.compile(rf"""{_W}+({_ATTR_NAME})(?:{_W}*={_W}*(?:"([^"]*)"|'([^']*)'|((?!["'=])[^\s>]+)))?""")
 _TOKEN_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ/!?")
 # html.parser's CDATA elements: their content is raw text up to the end tag.
 _CDATA_TAGS = frozenset({"script", "style"})
@@ -388,7 +485,7 @@ _END_SPECIAL = (_HIDDEN_TAGS - {"head"}) | {"style", "a"}
 
 def _fast_scan(markup: str) -> HtmlScan | None:
     sc = _Scanner()
-    starttag, endtag, data = sc.handle_starttag, sc.handle_endtag, sc.handle_data
+    start, endtag, data = sc._start, sc.handle_endtag, sc.handle_data
     text_append = sc._text.append
     step = _FAST_STEP.match
     block, start_special, end_special = _BLOCK_TAGS, _START_SPECIAL, _END_SPECIAL
@@ -419,8 +516,9 @@ def _fast_scan(markup: str) -> HtmlScan | None:
                 if pos >= n:
                     break
                 continue
-            attr_list = [(k.lower(), (unescape(v) if "&" in v else v) if (v := dq or sq or bare) or eq else None)
-                         for k, eq, dq, sq, bare in _FAST_ATTR.findall(attrs)] if attrs else []
+            # (an attribute without a value, like one with an empty value, reads as "")
+            a = {k.lower(): (unescape(v) if "&" in v else v)
+                 for k, dq, sq, bare in _FAST_ATTR.findall(attrs) for v in (dq or sq or bare,)} if attrs else None
             if tag in _CDATA_TAGS or tag in _RAW_TAGS:
                 if slash or tag == "plaintext":
                     return None
@@ -435,13 +533,13 @@ def _fast_scan(markup: str) -> HtmlScan | None:
                     if tag not in _ESCAPABLE_RAW_TAGS:
                         return None
                     content = unescape(content)
-                starttag(tag, attr_list)
+                start(tag, a)
                 if content:
                     data(content)
                 endtag(tag)
                 pos = j + len(close)
                 continue
-            starttag(tag, attr_list)
+            start(tag, a)
             if slash:
                 endtag(tag)
         elif lt is not None:
@@ -489,13 +587,16 @@ def clean_url(value: str) -> str:
     return _URL_JUNK.sub("", value)
 
 
-def url_scheme(value: str) -> str:
-    """'http', 'mailto', ... ; '//' for protocol-relative; '' for relative."""
-    url = clean_url(value)
+def _scheme_of_clean(url: str) -> str:
     if url.startswith(("//", "\\\\", "/\\", "\\/")):
         return "//"
     m = _SCHEME.match(url)
     return m.group(1).lower() if m else ""
+
+
+def url_scheme(value: str) -> str:
+    """'http', 'mailto', ... ; '//' for protocol-relative; '' for relative."""
+    return _scheme_of_clean(clean_url(value))
 
 
 def is_remote(value: str, base_href: str = "") -> bool:
@@ -503,7 +604,7 @@ def is_remote(value: str, base_href: str = "") -> bool:
     url = clean_url(value)
     if not url or url.startswith("#"):
         return False
-    scheme = url_scheme(url)
+    scheme = _scheme_of_clean(url)
     if scheme in LOCAL_SCHEMES:
         return False
     if scheme:

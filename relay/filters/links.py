@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from urllib.parse import urlsplit
 
 from relay.filters.addresses import find_emails
 from relay.filters.base import FROM_SELLER, FilterContext, Finding, MessageView
 from relay.filters.content import (
-    Findings, Spans, clean_url, domain_allowed, fold, html_scans, split_host, text_sources, url_scheme,
+    Findings, Spans, casefree, clean_url, domain_allowed, fold, html_scans, per_message_cache, split_host, text_sources,
+    token_windows, url_scheme, windowed_finditer, windows,
 )
 from relay.filters.settings import FilterSettings
 
@@ -102,12 +104,32 @@ def _trim(url: str) -> str:
 def _host_of(url: str) -> str:
     """Host of a URL with or without scheme; '' if none can be read."""
     url = clean_url(url)
-    scheme = url_scheme(url)
+    return _host_of_clean(url, url_scheme(url))
+
+
+_NETLOC_END = re.compile(r"[/?#]")
+
+
+def _host_of_clean(url: str, scheme: str) -> str:
+    """_host_of() of a URL already through clean_url(), whose url_scheme() is `scheme`."""
     if scheme in ("hxxp", "hxxps", "h**p", "h**ps"):
         url = "http" + url[url.index(":"):]
     if not scheme:
         url = "//" + url
     url = url.replace("\\", "/")
+    # urlsplit() reads the host from what precedes the end of the network location (the
+    # first '/', '?' or '#' after the "//" that opens it): the rest of the URL cannot change
+    # it, so links to one site cost one urlsplit().
+    start = url.find("//")
+    if start < 0:
+        return ""  # no network location
+    end = _NETLOC_END.search(url, start + 2)
+    head = url[:end.start()] if end else url
+    return _host_of_head(head) if len(head) <= 512 else _host_of_head.__wrapped__(head)
+
+
+@lru_cache(maxsize=4096)
+def _host_of_head(url: str) -> str:
     try:
         return (urlsplit(url).hostname or "").rstrip(".")
     except ValueError:
@@ -143,7 +165,26 @@ def _bare_is_domain(host: str, raw: str, path: str) -> bool:
     return True
 
 
-def find_links(text: str) -> list[tuple[int, int, str]]:
+# Anchors: every match of the regex above it holds one, so the regex runs only in windows
+# around them (content.windowed_finditer), which finds exactly what a whole-text scan finds.
+_URL_ANCHOR = re.compile(r"[:wW](?:(?<=:)//|(?<=[wW])[wW][wW])")  # URL_RE: a scheme's "://" or "www"
+_DOT_ANCHOR = re.compile(r"\.[\w-]")  # BARE_DOMAIN_RE: a dot before a label
+_OBF_ANCHOR = re.compile(r"[\[\(\{<]\s{0,2}(?:\.|dot|point|punkt)\s{0,2}[\]\)\}>]", re.IGNORECASE)
+_OBF_REACH = 340  # OBFUSCATED_RE is at most 63 + 3 * (15 + 63) + 15 + 24 = 336 characters long
+# SPELLED_RE ends with " dot com" / " point fr": searched in the lower-cased text.
+_SPELLED_ANCHOR = re.compile(rf"dot(?<=\sdot)\s{{1,3}}(?:{_COMMON_TLDS})(?![\w'-])"
+                             rf"|point(?<=\spoint)\s{{1,3}}(?:{_POINT_TLDS})(?![\w'-])")
+_SPELLED_REACH = 230  # before the anchor: 63 + 2 * (3 + 5 + 3 + 63) + 3 = 214
+_SPACED_ANCHOR = re.compile(rf" \. ?(?:{_COMMON_TLDS})(?![\w'-])")  # SPACED_DOT_RE, case-sensitive like it
+_SPACED_REACH = 70  # before the anchor: 63
+
+
+def _spans(regex: re.Pattern[str], text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in regex.finditer(text)]
+
+
+@per_message_cache(8)
+def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
     """(start, end, host) of every link-like thing in `text` (allowlist not applied).
     Email addresses are skipped: their domain is not a link."""
     folded = fold(text)
@@ -151,7 +192,7 @@ def find_links(text: str) -> list[tuple[int, int, str]]:
     taken = Spans(len(folded))
     lowered = folded.lower()
     if "://" in folded or "www" in lowered:
-        for m in URL_RE.finditer(folded):
+        for m in windowed_finditer(URL_RE, folded, token_windows(folded, _spans(_URL_ANCHOR, folded))):
             url = _trim(m.group(0))
             host = _host_of(url) if url else ""
             if not url or url.lower().startswith("www") and not host:
@@ -159,11 +200,11 @@ def find_links(text: str) -> list[tuple[int, int, str]]:
             found.append((m.start(), m.start() + len(url), host))
             taken.claim(m.start(), m.start() + len(url))
     if "." not in folded and not any(tok in lowered for tok in (" dot ", " point ", "(dot)", "[dot]", "{dot}")):
-        return found
+        return tuple(found)
     for start, end, _ in find_emails(text):
         taken.claim(start, end)
     if "." in folded:
-        for m in BARE_DOMAIN_RE.finditer(folded):
+        for m in windowed_finditer(BARE_DOMAIN_RE, folded, token_windows(folded, _spans(_DOT_ANCHOR, folded))):
             if taken.overlaps(m.start(), m.end()):
                 continue
             raw, path = m.group(1), m.group(2) or ""
@@ -172,9 +213,22 @@ def find_links(text: str) -> list[tuple[int, int, str]]:
                 end = m.start() + len(_trim(m.group(0)))
                 found.append((m.start(), end, host))
                 taken.claim(m.start(), end)
-    if any(tok in lowered for tok in ("dot", "point", "punkt", "[", "(", "{", "<", " .")):
-        for regex in (OBFUSCATED_RE, SPELLED_RE, SPACED_DOT_RE):
-            for m in regex.finditer(folded):
+    # (these conditions stand in for the test "dot, point, punkt, a bracket or ' .' anywhere",
+    # which each implies: OBFUSCATED_RE needs a bracket, SPELLED_RE "dot" or "point",
+    # SPACED_DOT_RE " .")
+    obfuscated = "[" in folded or "(" in folded or "{" in folded or "<" in folded
+    spelled = "dot" in lowered or "point" in lowered
+    spaced = " ." in folded
+    if obfuscated or spelled or spaced:
+        low = casefree(folded)
+        for regex, wins in (
+                (OBFUSCATED_RE, windows(folded, _spans(_OBF_ANCHOR, folded), _OBF_REACH, _OBF_REACH)
+                 if obfuscated else ()),
+                (SPELLED_RE, (windows(folded, _spans(_SPELLED_ANCHOR, low), _SPELLED_REACH, 0)
+                              if low is not None else [(0, len(folded))]) if spelled else ()),
+                (SPACED_DOT_RE, windows(folded, _spans(_SPACED_ANCHOR, folded), _SPACED_REACH, 0)
+                 if spaced else ())):
+            for m in windowed_finditer(regex, folded, wins):
                 if taken.overlaps(m.start(), m.end()):
                     continue
                 label = m.group(1).lower()
@@ -186,7 +240,7 @@ def find_links(text: str) -> list[tuple[int, int, str]]:
                     continue
                 found.append((m.start(), m.end(), host))
                 taken.claim(m.start(), m.end())
-    return found
+    return tuple(found)
 
 
 @dataclass
@@ -200,17 +254,19 @@ class Link:
 
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
         out = Findings("link", SENTENCE)
+        allowed: dict[str, bool] = {}  # host -> allowed, for this message
         for location, text in text_sources(view):
             for start, end, host in find_links(text):
                 if not self._allowed(host, ctx):
                     out.add(text[start:end], location)
         for location, scan in html_scans(view):
-            for _tag, _attr, value in scan.hrefs:
-                scheme = url_scheme(value)
-                url = clean_url(value)
+            for value, url, scheme in scan.targets():
                 if scheme in ("http", "https", "ftp", "ftps", "//", "hxxp", "hxxps") or (
                         not scheme and url.lower().startswith("www.")):
-                    host = _host_of(url)
-                    if not self._allowed(host, ctx):
+                    host = _host_of_clean(url, scheme)
+                    ok = allowed.get(host)
+                    if ok is None:
+                        ok = allowed[host] = self._allowed(host, ctx)
+                    if not ok:
                         out.add(value.strip(), location)
         return out.items
