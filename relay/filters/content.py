@@ -214,11 +214,13 @@ def windows(text: str, anchors, before: int, after: int) -> list[tuple[int, int]
     return out
 
 
-def token_windows(text: str, anchors) -> list[tuple[int, int]]:
+def token_windows(text: str, anchors, reach: int = 1100) -> list[tuple[int, int]]:
     """Merged windows holding the whitespace-delimited token of each (start, end) anchor,
-    anchors given in increasing order.  A window may hold more than the token (it is cut at
-    the nearest space, line break, tab or carriage return; other spaces are rare): a window
-    only has to hold every match, and end on whitespace."""
+    anchors given in increasing order, for a regex whose matches have no whitespace and
+    start at most `reach` characters before their anchor.  A window may hold more than the
+    token (it starts after the nearest space, line break, tab or carriage return, at most
+    `reach` back; other spaces are rare): a window only has to hold every match, and end on
+    whitespace."""
     out: list[tuple[int, int]] = []
     spaces = [c for c in " \n\t\r" if c in text]
     for a, b in anchors:
@@ -226,15 +228,19 @@ def token_windows(text: str, anchors) -> list[tuple[int, int]]:
             if b > out[-1][1]:  # (an anchor spanning whitespace)
                 out[-1] = (out[-1][0], _space_at_or_after(text, b, spaces))
             continue
-        lo = out[-1][1] if out else 0
+        lo = max(out[-1][1] if out else 0, a - reach)
         s = max([text.rfind(c, lo, a) for c in spaces], default=-1) + 1
         out.append((max(s, lo), _space_at_or_after(text, b, spaces)))
     return out
 
 
 def _space_at_or_after(text: str, i: int, spaces: list[str]) -> int:
-    ends = [e for e in (text.find(c, i) for c in spaces) if e >= 0]
-    return min(ends) if ends else len(text)
+    end = len(text)
+    for c in spaces:
+        e = text.find(c, i, end)
+        if e >= 0:
+            end = e
+    return end
 
 
 def windowed_finditer(regex: re.Pattern[str], text: str, wins):

@@ -171,6 +171,9 @@ _URL_ANCHOR = re.compile(r"[:wW](?:(?<=:)//|(?<=[wW])[wW][wW])")  # URL_RE: a sc
 _DOT_ANCHOR = re.compile(r"\.[\w-]")  # BARE_DOMAIN_RE: a dot before a label
 _OBF_ANCHOR = re.compile(r"[\[\(\{<]\s{0,2}(?:\.|dot|point|punkt)\s{0,2}[\]\)\}>]", re.IGNORECASE)
 _OBF_REACH = 340  # OBFUSCATED_RE is at most 63 + 3 * (15 + 63) + 15 + 24 = 336 characters long
+# BARE_DOMAIN_RE starts at most 8 * 64 characters before its last dot (and URL_RE before its
+# "://" or "www"): a token window need not reach further back.
+_TOKEN_REACH = 600
 # SPELLED_RE ends with " dot com" / " point fr": searched in the lower-cased text.
 _SPELLED_ANCHOR = re.compile(rf"dot(?<=\sdot)\s{{1,3}}(?:{_COMMON_TLDS})(?![\w'-])"
                              rf"|point(?<=\spoint)\s{{1,3}}(?:{_POINT_TLDS})(?![\w'-])")
@@ -183,6 +186,19 @@ def _spans(regex: re.Pattern[str], text: str) -> list[tuple[int, int]]:
     return [m.span() for m in regex.finditer(text)]
 
 
+def _obf_anchors(folded: str) -> list[tuple[int, int]]:
+    """_OBF_ANCHOR's spans, tried only at the brackets (rare in prose)."""
+    spans = []
+    for bracket in "[({<":
+        i = folded.find(bracket)
+        while i >= 0:
+            m = _OBF_ANCHOR.match(folded, i)
+            if m:
+                spans.append(m.span())
+            i = folded.find(bracket, i + 1)
+    return sorted(spans)
+
+
 @per_message_cache(8)
 def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
     """(start, end, host) of every link-like thing in `text` (allowlist not applied).
@@ -192,7 +208,8 @@ def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
     taken = Spans(len(folded))
     lowered = folded.lower()
     if "://" in folded or "www" in lowered:
-        for m in windowed_finditer(URL_RE, folded, token_windows(folded, _spans(_URL_ANCHOR, folded))):
+        url_windows = token_windows(folded, _spans(_URL_ANCHOR, folded), _TOKEN_REACH)
+        for m in windowed_finditer(URL_RE, folded, url_windows):
             url = _trim(m.group(0))
             host = _host_of(url) if url else ""
             if not url or url.lower().startswith("www") and not host:
@@ -204,7 +221,8 @@ def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
     for start, end, _ in find_emails(text):
         taken.claim(start, end)
     if "." in folded:
-        for m in windowed_finditer(BARE_DOMAIN_RE, folded, token_windows(folded, _spans(_DOT_ANCHOR, folded))):
+        wins = token_windows(folded, _spans(_DOT_ANCHOR, folded), _TOKEN_REACH)
+        for m in windowed_finditer(BARE_DOMAIN_RE, folded, wins):
             if taken.overlaps(m.start(), m.end()):
                 continue
             raw, path = m.group(1), m.group(2) or ""
@@ -222,7 +240,7 @@ def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
     if obfuscated or spelled or spaced:
         low = casefree(folded)
         for regex, wins in (
-                (OBFUSCATED_RE, windows(folded, _spans(_OBF_ANCHOR, folded), _OBF_REACH, _OBF_REACH)
+                (OBFUSCATED_RE, windows(folded, _obf_anchors(folded), _OBF_REACH, _OBF_REACH)
                  if obfuscated else ()),
                 (SPELLED_RE, (windows(folded, _spans(_SPELLED_ANCHOR, low), _SPELLED_REACH, 0)
                               if low is not None else [(0, len(folded))]) if spelled else ()),

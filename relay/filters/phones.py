@@ -212,19 +212,32 @@ def _mask_spans(folded: str, compact: str, bits: bytes | None,
     if len(low_compact) != len(compact):
         low_compact, gated = "", folded.lower()  # (cannot happen to folded text) the currency checks pass
     everywhere = [(0, len(compact))]
+    single = len(wins) <= 1
+    open_gates: dict[tuple[str, ...], bool] = {}
     spans: list[tuple[int, int]] = []
     for i, (regex, gates) in enumerate(_NOT_PHONES):
-        if gates and not any(g in gated for g in gates):
-            continue
+        if gates:
+            hit = open_gates.get(gates)
+            if hit is None:
+                hit = open_gates[gates] = any(g in gated for g in gates)
+            if not hit:
+                continue
         needed = _BITS_NEEDED.get(i)
         ranges = everywhere
         if needed is not None and bits is not None:
-            ranges = _joined([k for k, (s, e) in enumerate(wins) if bits.find(needed, s, e) >= 0], wins, starts)
+            if needed not in bits:
+                continue
+            if not single:
+                ranges = _joined([k for k, (s, e) in enumerate(wins) if bits.find(needed, s, e) >= 0], wins, starts)
         elif low_compact and i in (5, 6):
             hits = _currency_by_digit(low_compact, _CURRENCY_BEFORE if i == 5 else _CURRENCY_AFTER, i == 5)
-            ranges = _joined(sorted({bisect_right(starts, hit) - 1 for hit in hits}), wins, starts)
+            if not hits:
+                continue
+            if not single:
+                ranges = _joined(sorted({bisect_right(starts, hit) - 1 for hit in hits}), wins, starts)
         for start, end in ranges:
-            spans.extend(m.span() for m in regex.finditer(compact, start, end))
+            for m in regex.finditer(compact, start, end):
+                spans.append(m.span())
     return spans
 
 

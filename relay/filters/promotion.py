@@ -108,7 +108,7 @@ REVIEW_PATTERNS: list[tuple[tuple[str, ...], str, str]] = [
      rf"{_REVIEW}\b"),
     # "once your review is posted" + incentive before it in the sentence
     (_GR,
-     "INC & w:review,feedback,rating,avis,evaluation,note",
+     "INC & r:yourreview",
      rf"\b{_INCENTIVE}\b{_GAP}\b(?:your|votre)\s(?:review|feedback|rating|avis|evaluation|note)\s(?:is|has been|"
      rf"gets|est|sera|a ete)\s"),
     # positive-only: "leave a positive review", "give us a great rating"
@@ -150,7 +150,7 @@ REVIEW_PATTERNS: list[tuple[tuple[str, ...], str, str]] = [
      "w:mauvais,basse & w:avis,note,evaluation,comment",
      r"\b(?:mauvaise?s?|basses?)\s(?:avis|notes?|evaluations?|commentaires?)\b"),
     (("before",),
-     "e:before & w:contact,message,write,email,mail,reach,talk,call & w:leav,writ,post,giv,rat,review",
+     "w:contact,message,write,email,mail,reach,talk,call & r:beforereview",
      rf"\b(?:contact|message|write to|email|e-mail|reach|talk to|call)\s{_W2}(?:first\s)?before\s(?:you\s)?"
      rf"(?:leav|writ|post|giv|rat|review)\w*"),
     (("avant de",),
@@ -161,14 +161,12 @@ REVIEW_PATTERNS: list[tuple[tuple[str, ...], str, str]] = [
      rf"\bavant\sde\s(?:laisser|publier|donner|mettre)\s{_W2}(?:avis|commentaire|note|evaluation)\b{_GAP}"
      rf"\b(?:contact|ecri|appel)\w*"),
     (_GR,
-     "w:remove,delete,change,update,revise,edit,retract,supprimer,retirer,modifier & w:review,feedback,rating,avis,"
-     "evaluation,comment,note & INC",
+     "w:remove,delete,change,update,revise,edit,retract,supprimer,retirer,modifier & r:thereview & INC",
      rf"\b(?:remove|delete|change|update|revise|edit|retract|supprimer|retirer|modifier|changer)\s{_W3}"
      rf"(?:your|the|votre|cet|cette|son)\s(?:review|feedback|rating|avis|evaluation|commentaire|note)\b{_GAP}"
      rf"\b{_INCENTIVE}"),
     (_GR,
-     "INC & w:remove,delete,change,update,revise,edit,retract,supprim,retir,modifi & w:review,feedback,rating,avis,"
-     "evaluation,comment,note",
+     "INC & w:remove,delete,change,update,revise,edit,retract,supprim,retir,modifi & r:thereview",
      rf"\b{_INCENTIVE}\b{_GAP}\b(?:remove|delete|change|update|revise|edit|retract|supprim|retir|modifi)\w*\s{_W3}"
      rf"(?:your|the|votre|cet|cette)\s(?:review|feedback|rating|avis|evaluation|commentaire|note)\b"),
 ]
@@ -191,8 +189,7 @@ MARKETING_PATTERNS: list[tuple[tuple[str, ...], str, str]] = [
      r"notre\s)?(?:code|coupon)\s(?-i:[A-Z][A-Z0-9-]{3,19})\b"),
     # discounts on future orders, sales
     (("next", "future", "prochain", "futur"),
-     "w:next,futur,prochain & w:order,purchase,commande,achat & s:%,livraison,w:off,discount,reduction,remise,free,"
-     "voucher,credit,bon",
+     "r:nextorder & s:%,livraison,w:off,discount,reduction,remise,free,voucher,credit,bon",
      rf"(?:%|\boff\b|\bdiscount\b|\breduction\b|\bremise\b|\bfree shipping\b|\bfree delivery\b|\bvouchers?\b|"
      rf"\bcredit\b|livraison (?:offerte|gratuite)|\bbons? d'achat\b){_GAP}\b(?:on|off|for|toward|towards|sur|pour|de)\s"
      rf"(?:your|the|vos|votre|ta|tes|la|les)\s(?:next|future|prochaine?s?|futures?)\s(?:orders?|purchases?|commandes?|achats?)\b"),
@@ -355,25 +352,40 @@ _WORD_SETS = {
 
 
 class _Near:
-    """A regex atom searched only next to occurrences of its words: `regex` matches at most
-    `reach` characters before one of `words`, which it ends with."""
+    """A regex atom searched only next to occurrences of its words: each match of `regex`
+    holds one of `words`, and starts at most `before` characters before it and ends at most
+    `after` characters after it.  With starts_word, the word starts a word in each match:
+    a text none of whose words start with one of `words` holds no match."""
 
-    def __init__(self, regex: str, words: tuple[str, ...], reach: int) -> None:
-        self.regex, self.words, self.reach = re.compile(regex), words, reach
+    def __init__(self, regex: str, words: tuple[str, ...], before: int, after: int = 0,
+                 starts_word: bool = False) -> None:
+        self.regex, self.words, self.before, self.after = re.compile(regex), words, before, after
+        self.stems = frozenset(("w", word.encode()) for word in words) if starts_word else frozenset()
 
     def search(self, low: str) -> bool:
         for word in self.words:
             i = low.find(word)
             while i >= 0:
-                if self.regex.search(low, max(0, i - self.reach), i + len(word)):
+                if self.regex.search(low, max(0, i - self.before), i + len(word) + self.after):
                     return True
                 i = low.find(word, i + 1)
         return False
 
 
-_GATE_REGEXES = {"stars": _Near(r"(?:5|five|cinq)[\s-]{0,2}(?:star|etoile)", ("star", "etoile"), 6),
-                 "onestar": _Near(r"(?:1|one)[\s-]star", ("star",), 4),
-                 "notes": _Near(r"(?:une|votre|bonne|mauvaise|excellente|belle|meilleure) note", ("note",), 11)}
+_REVIEW_NOUNS = ("review", "feedback", "rating", "avis", "evaluation", "commentaire", "note")
+_GATE_REGEXES = {
+    "stars": _Near(r"(?:5|five|cinq)[\s-]{0,2}(?:star|etoile)", ("star", "etoile"), 6),  # ("5star": not a word start)
+    "onestar": _Near(r"(?:1|one)[\s-]star", ("star",), 4, starts_word=True),
+    "notes": _Near(r"(?:une|votre|bonne|mauvaise|excellente|belle|meilleure) note", ("note",), 11, starts_word=True),
+    "yourreview": _Near(r"(?:your|votre)\s(?:review|feedback|rating|avis|evaluation|note)", _REVIEW_NOUNS, 6,
+                        starts_word=True),
+    "thereview": _Near(r"(?:your|the|votre|cet|cette|son)\s(?:review|feedback|rating|avis|evaluation|commentaire|note)",
+                       _REVIEW_NOUNS, 6, starts_word=True),
+    "beforereview": _Near(r"before\s(?:you\s)?(?:leav|writ|post|giv|rat|review)", ("before",), 0, 11, starts_word=True),
+    "nextorder": _Near(r"(?:your|the|vos|votre|ta|tes|la|les)\s(?:next|future|prochaine?s?|futures?)\s"
+                       r"(?:orders?|purchases?|commandes?|achats?)", ("next", "futur", "prochain"), 6, 22,
+                       starts_word=True),
+}
 
 
 def _parse_word_gate(spec: str) -> tuple[tuple[tuple[str, object], ...], ...]:
@@ -661,7 +673,8 @@ class _TextGates:
         else:
             kept = tuple(atom for atom in others if (
                 atom[1] in self.padded if atom[0] == "t" else atom[1] in self.low if atom[0] == "s"
-                else atom[1].search(self.low)))
+                else not atom[1].stems.isdisjoint(self.present) and atom[1].search(self.low)
+                if atom[1].stems else atom[1].search(self.low)))
         self.kept[cid] = kept
         return kept
 
@@ -710,7 +723,8 @@ def _chunk_passes(reduced, low: str, padded: bytes, memo: dict) -> bool:
 _PATTERNS = _prepare(REVIEW_PATTERNS, REVIEW_SENTENCE) + _prepare(MARKETING_PATTERNS, MARKETING_SENTENCE)
 
 
-register_words(stems=[value for kind, value in _ATOM_CLAUSES if kind == "w"],
+register_words(stems=[value for kind, value in _ATOM_CLAUSES if kind == "w"]
+               + [value for near in _GATE_REGEXES.values() for _kind, value in near.stems],
                whole=[value for kind, value in _ATOM_CLAUSES if kind == "e"])
 
 
