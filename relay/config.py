@@ -78,6 +78,9 @@ class LimitsSection:
     mime_depth: int = 20  # nested multiparts (deeper ones crash serialisers)
     recipients: int = 1  # alias recipients per transaction; more get 452 4.5.3
     command_timeout: float = 300.0  # RFC 5321 section 4.5.3.2
+    # Slow-loris in DATA (THREATS #16): the client must keep sending, and on
+    # average at least this many bytes a second (Postfix smtpd_min_data_rate).
+    min_data_rate: int = 500  # bytes/s after a grace of command_timeout; 0 = no rate floor
     # Connection floods (THREATS #17): caps checked at accept time, 421 4.7.0.
     max_connections: int = 200  # all listeners together
     max_connections_per_ip: int = 20  # per IPv4 address or IPv6 /64
@@ -210,7 +213,8 @@ def _validate(settings: Settings) -> None:
     for key, value in positive:
         if value <= 0:
             raise ConfigError(f"{key} must be greater than zero")
-    for key, value in (("limits.tarpit_free", lim.tarpit_free), ("limits.tarpit_max", lim.tarpit_max)):
+    for key, value in (("limits.tarpit_free", lim.tarpit_free), ("limits.tarpit_max", lim.tarpit_max),
+                       ("limits.min_data_rate", lim.min_data_rate)):
         if value < 0:
             raise ConfigError(f"{key} must not be negative")
     if "@" not in settings.relay.postmaster:

@@ -68,6 +68,7 @@ TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections, try again later"
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, try again later"
 SESSION_TOO_LONG = "421 4.4.2 Session time limit exceeded, closing connection"
 COMMAND_TIMEOUT = "421 4.4.2 Timeout waiting for a command, closing connection"
+DATA_TOO_SLOW = "421 4.4.2 Message data arriving too slowly, closing connection"
 TOO_MANY_ERRORS = "421 4.7.0 Too many errors, closing connection"
 TOO_MANY_TRANSACTIONS = "421 4.7.0 Too many transactions in one session, closing connection"
 HARVEST = "421 4.7.0 Too many unknown recipients, try again later"
@@ -134,6 +135,9 @@ class RelaySMTP(SMTP):
         self.auth_failures = 0
         self.seller_id: str | None = None  # set by a successful AUTH (submission)
         self.transaction_started: float | None = None
+        self.data_started = 0.0  # loop time of the DATA command
+        self.data_seen = 0.0  # loop time of the last bytes received in DATA
+        self.data_bytes = 0  # bytes received since the DATA command
         self._session_timer: asyncio.TimerHandle | None = None
         self._lost = False
 
@@ -208,6 +212,12 @@ class RelaySMTP(SMTP):
         else:
             self.drop(SESSION_TOO_LONG, "session_time")
 
+    def data_received(self, data: bytes) -> None:
+        if self.in_data:
+            self.data_bytes += len(data)
+            self.data_seen = self.loop.time()
+        super().data_received(data)
+
     def _timeout_cb(self) -> None:
         # aiosmtpd closes silently after `timeout` seconds without a command;
         # RFC 5321 section 4.5.3.2 lets us say 421 first.  The pipeline
@@ -215,7 +225,36 @@ class RelaySMTP(SMTP):
         if self.handler_busy:
             self._reset_timeout()
             return
+        if self.in_data:
+            self._check_data_pace()
+            return
         self.drop(COMMAND_TIMEOUT, "command_timeout")
+
+    def _data_deadline(self) -> float:
+        """When a client in DATA has been too slow (THREATS #16).
+
+        aiosmtpd's timer is reset by commands only, so without this a
+        message larger than a link can carry in `command_timeout` would be cut
+        off, while a slow-loris client dribbling a byte a minute would be let
+        be for the whole time.  Postfix's rule instead: silent for
+        `command_timeout` is too slow, and so is falling below
+        `min_data_rate` bytes a second on average once `command_timeout` of
+        grace has passed.
+        """
+        limits = self.daemon.settings.limits if self.daemon is not None else None
+        timeout = limits.command_timeout if limits is not None else self._timeout_duration
+        deadline = max(self.data_started, self.data_seen) + timeout
+        rate = limits.min_data_rate if limits is not None else 0
+        if rate > 0:
+            deadline = min(deadline, self.data_started + timeout + self.data_bytes / rate)
+        return deadline
+
+    def _check_data_pace(self) -> None:
+        remaining = self._data_deadline() - self.loop.time()
+        if remaining > 0.001:
+            self._reset_timeout(remaining)
+        else:
+            self.drop(DATA_TOO_SLOW, "data_rate")
 
     # --------------------------------------------------------------- replies
 
@@ -255,6 +294,8 @@ class RelaySMTP(SMTP):
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         self.in_data = True
+        self.data_started = self.data_seen = self.loop.time()
+        self.data_bytes = 0
         try:
             await super().smtp_DATA(arg)
         finally:

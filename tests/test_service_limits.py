@@ -131,3 +131,56 @@ async def test_directory_harvest_is_tarpitted_then_cut_off(harvest_relay):
     await other.cmd("MAIL FROM:<a@other.example>")
     assert (await other.cmd("RCPT TO:<typo@relay.example>")).startswith("550 5.1.1")
 
+
+
+async def _start_data(relay) -> AsyncSMTP:
+    """A seller's session, standing just after the 354 of DATA."""
+    relay.add_seller("s1", "Shop", ["sam@shop.example"])
+    aliases = relay.open_order("o1", "s1", "bob@buyer.test")
+    client = await AsyncSMTP.open(*relay.mx)
+    assert (await client.cmd("EHLO client.example")).startswith("250")
+    assert (await client.cmd("MAIL FROM:<sam@shop.example>")).startswith("250")
+    assert (await client.cmd(f"RCPT TO:<{aliases['buyer_alias']}>")).startswith("250")
+    assert (await client.cmd("DATA")).startswith("354")
+    client.send(f"From: sam@shop.example\r\nTo: {aliases['buyer_alias']}\r\nSubject: pace\r\n\r\n")
+    return client
+
+
+async def test_slow_loris_in_data_is_cut_off_below_the_minimum_rate(relay_factory):
+    relay = await relay_factory({"limits": {"command_timeout": 0.5, "min_data_rate": 1000}})
+    client = await _start_data(relay)
+    # Never silent for command_timeout, but ~100 bytes a second: a slow-loris.
+    started = time.monotonic()
+    reply = None
+    while time.monotonic() - started < 10:
+        client.send(b"x" * 19 + b"\n")
+        try:
+            reply = await client.reply(timeout=0.2)
+            break
+        except asyncio.TimeoutError:
+            continue
+    assert reply is not None and reply.startswith("421 4.4.2"), reply
+    assert await client.closed()
+    assert "data_rate" in {e["reason"] for e in relay.events("session.refused")}
+    assert relay.audit() == []  # nothing half-stored
+
+
+async def test_silence_in_data_is_measured_from_the_last_bytes(relay_factory):
+    relay = await relay_factory({"limits": {"command_timeout": 0.5, "min_data_rate": 0}})
+    client = await _start_data(relay)
+    reply = await client.reply(timeout=5)
+    assert reply.startswith("421 4.4.2"), reply
+    assert await client.closed()
+    assert relay.audit() == []  # nothing half-stored
+
+
+async def test_a_steady_sender_may_take_longer_than_the_command_timeout(relay_factory):
+    relay = await relay_factory({"limits": {"command_timeout": 0.4, "min_data_rate": 100}})
+    client = await _start_data(relay)
+    # About 2 s of DATA at ~4 KB/s: five times the command timeout, never silent for it.
+    line = b"Thank you for your order, it ships on Monday morning.\r\n"
+    for _ in range(20):
+        client.send(line * 8)
+        await asyncio.sleep(0.1)
+    reply = await client.cmd(".")
+    assert reply.startswith("250"), reply
