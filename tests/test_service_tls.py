@@ -13,6 +13,7 @@ import threading
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 from conftest import ROOT, free_port
 from service_support import AsyncSMTP, make_tls_files, seller_message, wait_for_event
@@ -181,3 +182,45 @@ async def test_starttls_command_injection_is_discarded(relay_factory, tls_files)
     assert reply(stream).startswith(b"250")
     tls.sendall(b"QUIT\r\n")
     tls.close()
+
+
+class _InjectingSMTP(SMTP):
+    """A smarthost under a man-in-the-middle: right behind its `220` to
+    STARTTLS, in the same segment, comes a plaintext reply that a careless
+    client would read as the answer to its first command inside TLS."""
+
+    async def push(self, status):
+        if status.startswith("220 Ready to start TLS"):
+            status += "\r\n554 5.7.1 injected before TLS"
+        await super().push(status)
+
+
+class _InjectingController(Controller):
+    def factory(self):
+        return _InjectingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+async def test_outbound_starttls_discards_a_response_injected_before_tls(relay_factory, tls_files):
+    """THREATS #11, second half ("NO STARTTLS" response injection): our
+    client to the smarthost must drop bytes buffered before the handshake, so
+    the message is delivered over TLS instead of failing on the fake 554."""
+    from relay.tls import server_context
+
+    handler = TLSSinkHandler()
+    controller = _InjectingController(handler, hostname="127.0.0.1", port=free_port(),
+                                      server_hostname="smarthost.test", ready_timeout=10,
+                                      tls_context=server_context(tls_files.cert, tls_files.key))
+    controller.start()
+    try:
+        relay = await relay_factory({"delivery": {"smarthost": f"127.0.0.1:{controller.port}", "tls": "required",
+                                                  "cafile": str(tls_files.ca_file), "retry_initial": 30.0}})
+        relay.add_seller("s1", "Sam's Shop", ["sam@shop.example"])
+        aliases = relay.open_order("o1", "s1", "bob@buyer.test")
+        with smtplib.SMTP(*relay.mx, timeout=30) as client:
+            client.sendmail("sam@shop.example", [aliases["buyer_alias"]],
+                            seller_message("sam@shop.example", aliases["buyer_alias"]))
+        assert await asyncio.to_thread(handler.arrived.wait, 10), "\n".join(relay.log_lines[-10:])
+        assert handler.messages == [(True, ["bob@buyer.test"])]
+        assert relay.events("delivery.failed") == [] and relay.events("delivery.deferred") == []
+    finally:
+        controller.stop()
