@@ -448,9 +448,11 @@ class _Writer:
             self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype,
                                                new_text.encode("utf-8")))
         # Keep the original bytes only if nothing changed *and* the encoded
-        # form hides nothing the decoder skips (junk lines inside base64).
+        # form hides nothing the decoder skips (junk lines inside base64),
+        # and is 7-bit: 8-bit bytes are re-encoded, so the next hop never
+        # needs 8BITMIME and bytes invalid in their charset never pass (#57).
         raw_text = raw.decode("latin-1")
-        if new_text == text and cte in ("7bit", "8bit", "quoted-printable", "base64", "") and \
+        if new_text == text and raw.isascii() and cte in ("7bit", "8bit", "quoted-printable", "base64", "") and \
                 _lines_fit(raw) and self.scrubber.text(raw_text) == raw_text:
             return self.part_headers(part), _ensure_crlf_end(raw)
         body, new_cte = _encode_text(new_text, charset, prefer_base64=(cte == "base64"))
@@ -623,25 +625,41 @@ def _utc_date(message: EmailMessage) -> str:
 
 
 def header_text(message: EmailMessage, name: str) -> str:
-    """A header's decoded value; raw 8-bit bytes (sent without SMTPUTF8)
-    are read as UTF-8, else Latin-1, instead of passing through undecoded."""
+    """A header's decoded value.  Raw 8-bit bytes (sent without SMTPUTF8,
+    THREATS #57) are read as UTF-8, else as Windows-1252/Latin-1, and never
+    pass through undecoded: the stdlib would turn a Latin-1 byte into U+FFFD."""
+    raw = _raw_header(message, name)
+    if raw is None:
+        return ""
+    if not raw.isascii():
+        return _eight_bit_header_text(name, raw)
     try:
-        value = message.get(name)
+        return str(message.get(name))
     except Exception:
         return ""
-    if value is None:
-        return ""
-    text = str(value)
-    if any("\udc80" <= ch <= "\udcff" for ch in text):
+
+
+def _raw_header(message: EmailMessage, name: str) -> str | None:
+    wanted = name.lower()
+    for key, value in message.raw_items():
+        if key.lower() == wanted:
+            return value
+    return None
+
+
+def _eight_bit_header_text(name: str, raw: str) -> str:
+    octets = raw.encode("utf-8", "surrogateescape")
+    try:
+        text = octets.decode("utf-8")
+    except UnicodeDecodeError:
         try:
-            raw = text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            return text.encode("utf-8", "replace").decode("utf-8")
-        try:
-            text = raw.decode("utf-8")
+            text = octets.decode("cp1252")
         except UnicodeDecodeError:
-            text = raw.decode("latin-1")
-    return text
+            text = octets.decode("latin-1")
+    try:
+        return str(policy.default.header_factory(name, text.replace("\r", "").replace("\n", "")))
+    except Exception:
+        return text
 
 
 def normalize_line_endings(data: bytes) -> bytes:

@@ -99,6 +99,12 @@ _REPLY_TRANSLATIONS = {
     "500 Command line too long": "500 5.5.2 Command line too long",
     "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
     "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
+    # THREATS #57: SMTPUTF8 is not offered, so a client may neither ask for it
+    # (RFC 5321 section 4.1.1.11: 555 for a parameter not implemented) nor
+    # send non-ASCII in a command (RFC 6531 section 3.5).
+    "501 Error: SMTPUTF8 disabled": "555 5.5.4 SMTPUTF8 is not offered by this server",
+    "500 Error: strict ASCII mode": "500 5.6.7 Non-ASCII characters in a command need SMTPUTF8, "
+                                    "which this server does not offer",
 }
 _SIZE_REPLIES = {"552 Error: Too much mail data", "552 Error: message size exceeds fixed maximum message size"}
 _CALL_LIMIT_REPLY = re.compile(r"421 4\.7\.0 \w+ sent too many times")
