@@ -14,13 +14,11 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from email import policy
 from email.message import EmailMessage
 from email.errors import (CloseBoundaryNotFoundDefect, InvalidMultipartContentTransferEncodingDefect,
                           MultipartInvariantViolationDefect, StartBoundaryNotFoundDefect,
                           UndecodableBytesDefect)
 from email.parser import BytesParser
-from typing import Any
 
 from relay.aliases import AddressError, looks_like_alias, normalize_address, split_address
 from relay.config import Settings
@@ -28,11 +26,11 @@ from relay.filters.base import (BUYER_TO_SELLER, SELLER_TO_BUYER, FilterContext,
                                 is_critical, text_fingerprint)
 from relay.filters.chain import Chain, ChainResult, rejection_reply
 from relay.logs import get_logger
+from relay.parsing import PARSE_POLICY
 from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, clean_header_text,
                            header_text, message_ids_in, new_message_id, rewrite_message)
 from relay.store import AuditRecord, Order, QueueEntry, Seller, StorageError, Store, utc_now_iso
 
-PARSE_POLICY = policy.default
 
 # Replies that must not differ between "unknown", "expired" and "malformed"
 # aliases, so a harvester learns nothing (THREATS #33).
