@@ -112,6 +112,16 @@ class LoggingSection:
 
 
 @dataclass(frozen=True)
+class SenderAuthSection:
+    # THREATS #35: mail from a party must pass SPF or DKIM for a domain aligned
+    # with its From (as DMARC, RFC 7489). Needs real DNS, hence off by default.
+    mode: str = "off"  # "off", "record" (check and audit, never refuse) or "enforce"
+    alignment: str = "relaxed"  # "relaxed" (same organizational domain) or "strict" (same domain)
+    nameservers: tuple[str, ...] = ()  # "ip" or "ip:port" ("[v6]:port"); () = the system resolver
+    timeout: float = 10.0  # seconds for all lookups of one message; then 451
+
+
+@dataclass(frozen=True)
 class Settings:
     relay: RelaySection = field(default_factory=RelaySection)
     store: StoreSection = field(default_factory=StoreSection)
@@ -121,6 +131,7 @@ class Settings:
     limits: LimitsSection = field(default_factory=LimitsSection)
     metrics: MetricsSection = field(default_factory=MetricsSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
+    sender_auth: SenderAuthSection = field(default_factory=SenderAuthSection)
     filters: FilterSettings = field(default_factory=FilterSettings)
     source: str = "embedded development default"
 
@@ -134,12 +145,15 @@ _SECTIONS = {
     "limits": LimitsSection,
     "metrics": MetricsSection,
     "logging": LoggingSection,
+    "sender_auth": SenderAuthSection,
 }
 
 _CHOICES = {
     "delivery.mode": ("smtp", "maildir"),
     "delivery.tls": ("none", "opportunistic", "required"),
     "logging.level": ("debug", "info", "warning", "error"),
+    "sender_auth.mode": ("off", "record", "enforce"),
+    "sender_auth.alignment": ("relaxed", "strict"),
 }
 
 # With no config file at all, `relay serve` must run on a fresh machine with no
@@ -150,6 +164,10 @@ EMBEDDED_DEVELOPMENT_OVERRIDES = {"delivery": {"mode": "maildir"}}
 def _check_type(key: str, value: Any, expected: Any) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typing.get_origin(expected) is tuple:  # tuple[str, ...]: a TOML list of strings
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key} must be a list of strings")
+        return tuple(value)
     if expected in (int, float, str, bool):
         if isinstance(value, bool) != (expected is bool) or not isinstance(value, expected):
             raise ConfigError(f"{key} must be {_type_name(expected)}, not {_type_name(type(value))}")
@@ -204,7 +222,8 @@ def _validate(settings: Settings) -> None:
                 ("delivery.retry_max", settings.delivery.retry_max), ("delivery.lifetime", settings.delivery.lifetime),
                 ("delivery.poll_interval", settings.delivery.poll_interval),
                 ("limits.command_timeout", settings.limits.command_timeout),
-                ("store.busy_timeout", settings.store.busy_timeout)]
+                ("store.busy_timeout", settings.store.busy_timeout),
+                ("sender_auth.timeout", settings.sender_auth.timeout)]
     lim = settings.limits
     positive += [(f"limits.{name}", getattr(lim, name)) for name in (
         "max_connections", "max_connections_per_ip", "session_timeout", "error_limit", "transactions",
@@ -217,6 +236,8 @@ def _validate(settings: Settings) -> None:
                        ("limits.min_data_rate", lim.min_data_rate)):
         if value < 0:
             raise ConfigError(f"{key} must not be negative")
+    for entry in settings.sender_auth.nameservers:
+        parse_nameserver("sender_auth.nameservers", entry)
     if "@" not in settings.relay.postmaster:
         raise ConfigError("relay.postmaster must be an email address")
 
@@ -251,6 +272,32 @@ def parse_hostport(key: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{key} must look like host:port, not {value!r}")
     return host, int(port)
+
+
+def parse_nameserver(key: str, value: str) -> tuple[str, int]:
+    """A name server as an IP address with an optional port: "192.0.2.53",
+    "127.0.0.1:5353", "2001:db8::53" or "[2001:db8::53]:53" (a name would
+    itself need a resolver); errors name the key."""
+    import ipaddress
+
+    host, port = value.strip(), 53
+    if host.startswith("["):
+        inner, sep, rest = host[1:].partition("]")
+        if not sep or (rest and (not rest.startswith(":") or not rest[1:].isdigit())):
+            raise ConfigError(f"{key}: {value!r} is not an IP address with an optional :port")
+        host, port = inner, int(rest[1:]) if rest else 53
+    elif host.count(":") == 1:
+        host, _, port_text = host.partition(":")
+        if not port_text.isdigit():
+            raise ConfigError(f"{key}: {value!r} is not an IP address with an optional :port")
+        port = int(port_text)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not an IP address with an optional :port") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{key}: port {port} is out of range")
+    return host, port
 
 
 def settings_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Settings:

@@ -3,7 +3,8 @@
 Event names (the only ones the relay emits):
   relay.started relay.stopping relay.stopped relay.reloaded relay.reload_failed
   session.refused session.authenticated rcpt.refused
-  message.accepted message.rejected message.deferred_by_storage message.error
+  message.accepted message.rejected message.deferred_by_storage message.deferred_by_dns message.error
+  sender_auth.checked
   delivery.sent delivery.deferred delivery.failed delivery.error
   bounce.received postmaster.received
 Real addresses are never logged at INFO (aliases and ids are); message bodies never.
@@ -18,7 +19,8 @@ import structlog
 
 EVENTS = frozenset("""
 relay.started relay.stopping relay.stopped relay.reloaded relay.reload_failed
-session.refused session.authenticated rcpt.refused message.accepted message.rejected message.deferred_by_storage message.error
+session.refused session.authenticated rcpt.refused message.accepted message.rejected message.deferred_by_storage
+message.deferred_by_dns message.error sender_auth.checked
 delivery.sent delivery.deferred delivery.failed delivery.error bounce.received postmaster.received
 """.split())
 

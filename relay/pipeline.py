@@ -29,6 +29,7 @@ from relay.logs import get_logger
 from relay.parsing import PARSE_POLICY
 from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, clean_header_text,
                            header_text, message_ids_in, new_message_id, rewrite_message)
+from relay.sender_auth import AuthResult, ClientInfo, SenderAuth
 from relay.store import AuditRecord, Order, QueueEntry, Seller, StorageError, Store, utc_now_iso
 
 
@@ -86,12 +87,24 @@ class Outcome:
 
 
 class MessageRefused(Exception):
-    """A check failed before the filters: `reply` says why, `reason` for the audit."""
+    """A check failed before the filters: `reply` says why, `reason` for the audit
+    (with the `fragment` and `location` of its finding, when there is more to say)."""
 
-    def __init__(self, reply: str, reason: str | None = None):
+    def __init__(self, reply: str, reason: str | None = None, fragment: str = "", location: str = "message"):
         super().__init__(reply)
         self.reply = reply
         self.reason = reason
+        self.fragment = fragment
+        self.location = location
+
+
+class SenderAuthDeferred(Exception):
+    """Sender authentication could not finish (DNS trouble): answer 451, store nothing."""
+
+    def __init__(self, result: AuthResult):
+        super().__init__(result.temporary_reply())
+        self.reply = result.temporary_reply()
+        self.result = result
 
 
 class Pipeline:
@@ -99,12 +112,14 @@ class Pipeline:
         self.settings = settings
         self.store = store
         self.chain = Chain(settings.filters)
+        self.sender_auth = SenderAuth(settings.sender_auth)
         self.on_queued = on_queued or (lambda: None)
         self.log = get_logger()
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
         self.chain = Chain(settings.filters)
+        self.sender_auth = SenderAuth(settings.sender_auth)
 
     # -------------------------------------------------------------- RCPT
 
@@ -159,17 +174,25 @@ class Pipeline:
     # -------------------------------------------------------------- DATA
 
     async def process(self, mail_from: str, recipient: Recipient, content: bytes,
-                      dry_run: bool = False) -> Outcome:
+                      dry_run: bool = False, client: ClientInfo | None = None) -> Outcome:
+        """`client` is the SMTP client's address and HELO name, for sender
+        authentication; without it (`relay filter test`) that check is skipped."""
         if recipient.kind == "postmaster":
             return await self._to_postmaster(mail_from, content)
         if recipient.kind == "bounce":
             return await self._bounce_received(mail_from, recipient, content)
         started = time.perf_counter()
         try:
-            outcome = await self._exchange(mail_from, recipient, content, dry_run)
+            outcome = await self._exchange(mail_from, recipient, content, dry_run, client)
         except StorageError as exc:
             self.log.warning("message.deferred_by_storage", order=recipient.order.id, full=exc.full)
             return Outcome(storage_reply(exc), "deferred")
+        except SenderAuthDeferred as exc:
+            # Not audited: nothing was decided, and the sender's server retries.
+            self.log.warning("message.deferred_by_dns", order=recipient.order.id, direction=recipient.direction,
+                             reply=exc.reply[:10])
+            return Outcome(exc.reply, "deferred", findings=[
+                Finding("sender_auth_temperror", "", "authentication", exc.reply[10:])], direction=recipient.direction)
         outcome.direction = recipient.direction
         self.log.info("message.accepted" if outcome.verdict == "accepted" else "message.rejected",
                       audit_id=outcome.audit_id, order=recipient.order.id, direction=recipient.direction,
@@ -177,7 +200,8 @@ class Pipeline:
                       seconds=round(time.perf_counter() - started, 4), dry_run=dry_run)
         return outcome
 
-    async def _exchange(self, mail_from: str, recipient: Recipient, content: bytes, dry_run: bool) -> Outcome:
+    async def _exchange(self, mail_from: str, recipient: Recipient, content: bytes, dry_run: bool,
+                        client: ClientInfo | None = None) -> Outcome:
         order, seller = recipient.order, recipient.seller
         assert order is not None and seller is not None
         direction = recipient.direction
@@ -190,12 +214,14 @@ class Pipeline:
             if not self.sender_is_authorized(recipient, mail_from) or \
                     not _header_from_authorized(message, recipient.authorized_senders()):
                 raise MessageRefused(NOT_AUTHORIZED, "sender_not_authorized")
+            auth = await self._authenticate(recipient, client, mail_from, message, content, dry_run)
             auto = is_auto_submitted(message)
             if auto and await self.store.recent_auto_reply(order.id, direction, _hours_ago(24)):
                 raise MessageRefused(AUTO_REPLY_LOOP, "auto_reply")
         except MessageRefused as refusal:
             return await self._reject(recipient, mail_from, content, subject, refusal.reply,
-                                      [Finding(refusal.reason or "malformed", "", "message", refusal.reply[10:])],
+                                      [Finding(refusal.reason or "malformed", refusal.fragment, refusal.location,
+                                               refusal.reply[10:])],
                                       critical=is_critical(subject), dry_run=dry_run)
 
         critical = is_critical(subject)
@@ -216,6 +242,11 @@ class Pipeline:
             # Recorded so the next automatic answer in this order is refused (RFC 3834 ping-pong).
             verdict = ChainResult(verdict.findings + (Finding("auto_reply", "", "header", "automatic reply"),),
                                   verdict.rejection, verdict.redactions)
+        if auth is not None and not auth.passed:
+            # Mode "record": delivered, and recorded like a filter's "flag".
+            verdict = ChainResult(verdict.findings + (Finding("sender_not_authorized", auth.summary(), "authentication",
+                                                              "not authenticated (recorded only)"),),
+                                  verdict.rejection, verdict.redactions)
         if verdict.rejection is not None:
             return await self._reject(recipient, mail_from, content, subject, rejection_reply(verdict.rejection),
                                       list(verdict.findings), critical, dry_run)
@@ -225,7 +256,37 @@ class Pipeline:
             return Outcome("250 2.0.0 OK (dry run: nothing stored or sent)", "accepted", None,
                            list(verdict.findings), critical, result.data)
         return await self._accept(recipient, mail_from, content, subject, message, result, verdict, ctx,
-                                  critical, relay_id)
+                                  critical, relay_id, auth)
+
+    async def _authenticate(self, recipient: Recipient, client: ClientInfo | None, mail_from: str,
+                            message: EmailMessage, content: bytes, dry_run: bool) -> AuthResult | None:
+        """THREATS #35: is the mail really from the registered party's domain
+        (relay.sender_auth)?  Both directions: sellers and buyers are both
+        registered counterparties.  Skipped when the mode is "off", without
+        an SMTP client (a dry run), and for a seller authenticated on the
+        submission port (its password is the proof).
+
+        In mode "enforce" a failure raises MessageRefused (550 5.7.1
+        [sender_not_authorized], audited like every such refusal) and a DNS
+        failure SenderAuthDeferred (451); in mode "record" the result is only
+        returned, for the audit."""
+        mode = self.settings.sender_auth.mode
+        if mode == "off" or client is None or client.authenticated or dry_run:
+            return None
+        started = time.perf_counter()
+        result = await self.sender_auth.check(client, mail_from, _header_from_domain(message), content)
+        # Results only: the summary names the parties' domains, which belong in
+        # the audit record, not in INFO logs (a personal domain is an identity).
+        self.log.info("sender_auth.checked", order=recipient.order.id, direction=recipient.direction, mode=mode,
+                      verdict=result.verdict, aligned_by=result.aligned_by or None, spf=result.spf.result,
+                      dkim=result.dkim_summary, seconds=round(time.perf_counter() - started, 4))
+        if mode == "enforce":
+            if result.verdict == "temperror":
+                raise SenderAuthDeferred(result)
+            if result.verdict == "fail":
+                raise MessageRefused(result.rejection_reply(), "sender_not_authorized", result.summary(),
+                                     "authentication")
+        return result
 
     async def _safe_rewrite(self, message: EmailMessage, parties: Parties, threading: Threading,
                             redactions: tuple[tuple[str, str], ...], size: int, order_id: str) -> RewriteResult:
@@ -242,15 +303,20 @@ class Pipeline:
 
     async def _accept(self, recipient: Recipient, mail_from: str, content: bytes, subject: str,
                       message: EmailMessage, result: RewriteResult, verdict: ChainResult, ctx: FilterContext,
-                      critical: bool, relay_id: str) -> Outcome:
+                      critical: bool, relay_id: str, auth: AuthResult | None = None) -> Outcome:
         order = recipient.order
         assert order is not None
         direction = recipient.direction
         unsolicited = direction == SELLER_TO_BUYER and not ctx.buyer_has_written
+        findings = [_finding_dict(f) for f in verdict.findings]
+        if auth is not None and auth.passed:
+            # The Authentication-Results summary of a pass is kept with the
+            # findings (a note, not a reason); a failure is already a finding.
+            findings.append({"code": "sender_auth", "fragment": auth.summary()[:200], "location": "authentication"})
         record = AuditRecord(
             received_at=utc_now_iso(), order_id=order.id, direction=direction, sender=mail_from,
             recipient=recipient.address, verdict="accepted", reasons=verdict.reasons,
-            findings=[_finding_dict(f) for f in verdict.findings], critical=critical, unsolicited=unsolicited,
+            findings=findings, critical=critical, unsolicited=unsolicited,
             to_opted_out=ctx.buyer_opted_out, subject=subject,
             fingerprint=text_fingerprint(MessageView(subject, tuple(result.parts))),
             inbound=content, outbound=result.data)
@@ -545,6 +611,15 @@ def _header_from_authorized(message: EmailMessage, allowed: tuple[str, ...]) -> 
         return normalize_address(addresses[0].addr_spec) in allowed
     except (AddressError, Exception):
         return False
+
+
+def _header_from_domain(message: EmailMessage) -> str:
+    """The domain of the single From address (already checked by
+    _header_from_authorized, so parsing cannot fail here)."""
+    try:
+        return message["From"].addresses[0].addr_spec.rpartition("@")[2]
+    except Exception:
+        return ""
 
 
 def _safe_subject(message: EmailMessage) -> str:

@@ -57,6 +57,7 @@ from relay.metrics import Metrics, start_http
 from relay.parsing import PARSE_POLICY
 from relay.passwords import verify_password
 from relay.pipeline import Outcome, Pipeline, Recipient
+from relay.sender_auth import ClientInfo
 from relay.store import StorageError, Store
 from relay.tls import server_context
 
@@ -548,7 +549,8 @@ class RelayHandler:
             content = envelope.original_content
             if recipient.kind == "alias" and getattr(server, "listener", "mx") == "submission":
                 recipient = self._as_authenticated_seller(recipient, envelope.mail_from or "", content)
-            outcome = await self.pipeline.process(envelope.mail_from or "", recipient, content)
+            client = ClientInfo.from_session(session, authenticated=getattr(server, "listener", "mx") == "submission")
+            outcome = await self.pipeline.process(envelope.mail_from or "", recipient, content, client=client)
             self._count_outcome(outcome)
             return outcome.reply
         finally:
@@ -619,8 +621,8 @@ class RelayHandler:
             found = _REASON_IN_REPLY.search(outcome.reply)
             reason = found.group(1) if found else (outcome.findings[0].code if outcome.findings else "other")
             self.daemon.metrics.message_rejected(reason)
-        else:  # deferred: the store could not take it (451 / 452)
-            self.daemon.metrics.message_rejected("storage_trouble")
+        else:  # deferred: the store could not take it (451 / 452), or DNS failed sender authentication
+            self.daemon.metrics.message_rejected(outcome.findings[0].code if outcome.findings else "storage_trouble")
 
 
 # aiosmtpd inspects handle_EHLO's signature on every connection; a stored
