@@ -74,12 +74,21 @@ class Delivery:
         # Handed over to the next hop, but the store could not record it yet
         # (disk full, locked): never re-send these while this process lives.
         self._unrecorded: set[int] = set()
-        self._work: asyncio.Queue[QueueEntry] = asyncio.Queue()
+        self._work: asyncio.Queue[tuple[QueueEntry, bytes | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._clients: list[aiosmtplib.SMTP | None] = []
 
     def wake(self) -> None:
         self._wake.set()
+
+    def submit(self, entry: QueueEntry, data: bytes) -> None:
+        """A message just committed: deliver it now, from memory.  The queue
+        scan would find it as well, one query and one read of its bytes later;
+        `_in_flight` keeps the two from sending it twice."""
+        if entry.id in self._in_flight:
+            return
+        self._in_flight.add(entry.id)
+        self._work.put_nowait((entry, data))
 
     def reconfigure(self, settings: Settings) -> None:
         self.settings = settings
@@ -119,8 +128,10 @@ class Delivery:
                 due = await self.store.queue_due(self.clock(), limit=200,
                                                  exclude=self._in_flight | self._unrecorded)
                 for entry in due:
-                    self._in_flight.add(entry.id)
-                    self._work.put_nowait(entry)
+                    # A message submitted since the query was sent is on its way already.
+                    if entry.id not in self._in_flight:
+                        self._in_flight.add(entry.id)
+                        self._work.put_nowait((entry, None))
             except StorageError as exc:
                 self.log.warning("delivery.error", error="queue scan failed", detail=str(exc)[:200])
             try:
@@ -131,9 +142,9 @@ class Delivery:
 
     async def _worker(self, slot: int) -> None:
         while True:
-            entry = await self._work.get()
+            entry, data = await self._work.get()
             try:
-                await self._deliver(entry, slot)
+                await self._deliver(entry, slot, data)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # never let one entry kill the worker
@@ -142,8 +153,9 @@ class Delivery:
                 self._in_flight.discard(entry.id)
                 self._wake.set()
 
-    async def _deliver(self, entry: QueueEntry, slot: int) -> None:
-        data = await self.store.queue_message(entry.id)
+    async def _deliver(self, entry: QueueEntry, slot: int, data: bytes | None = None) -> None:
+        if data is None:
+            data = await self.store.queue_message(entry.id)
         if data is None:
             await self.store.mark_failed(entry.id, "message data missing", None)
             return

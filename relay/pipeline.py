@@ -113,7 +113,9 @@ class Pipeline:
         self.store = store
         self.chain = Chain(settings.filters)
         self.sender_auth = SenderAuth(settings.sender_auth)
-        self.on_queued = on_queued or (lambda: None)
+        # Told of every queue entry committed: (entry, bytes) for a relayed
+        # message, so delivery can start from memory; () for notices.
+        self.on_queued = on_queued or (lambda *queued: None)
         self.log = get_logger()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -323,11 +325,11 @@ class Pipeline:
         original_ids = message_ids_in(message.get("Message-ID"))
         token = secrets.token_hex(12)
         rcpt_to = self._parties(recipient).recipient_addresses[0]
-        audit_id, _ = await self.store.accept_message(
+        audit_id, entry = await self.store.accept_message(
             record, relay_id, original_ids[0] if original_ids else None,
             mail_from=f"{BOUNCE_PREFIX}{token}@{self.settings.relay.domain}", rcpt_to=rcpt_to,
             bounce_token=token, notify=_normalized_or_none(mail_from), notify_alias=recipient.address)
-        self.on_queued()
+        self.on_queued(entry, result.data)
         return Outcome(ACCEPTED.format(audit_id=audit_id), "accepted", audit_id, list(verdict.findings),
                        critical, result.data)
 

@@ -58,7 +58,7 @@ from relay.parsing import PARSE_POLICY
 from relay.passwords import verify_password
 from relay.pipeline import Outcome, Pipeline, Recipient
 from relay.sender_auth import ClientInfo
-from relay.store import StorageError, Store
+from relay.store import QueueEntry, StorageError, Store
 from relay.tls import server_context
 
 BANNER_IDENT = "ESMTP ready"
@@ -822,10 +822,13 @@ class RelayDaemon:
     def data_changed(self) -> None:
         self._data_event.set()
 
-    def _queued(self) -> None:
+    def _queued(self, entry: QueueEntry | None = None, data: bytes | None = None) -> None:
         assert self.delivery is not None
         if self.role == "primary":
-            self.delivery.wake()
+            if entry is not None and data is not None:
+                self.delivery.submit(entry, data)
+            else:
+                self.delivery.wake()
         elif self.wake_fd is not None:
             try:
                 os.write(self.wake_fd, b"q")  # the primary delivers; a full pipe already means "wake"

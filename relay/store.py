@@ -533,14 +533,14 @@ class Store:
 
     async def accept_message(self, record: AuditRecord, relay_id: str, original_id: str | None,
                              mail_from: str, rcpt_to: str, bounce_token: str, notify: str | None,
-                             notify_alias: str | None, kind: str = "relay") -> tuple[int, int]:
+                             notify_alias: str | None, kind: str = "relay") -> tuple[int, QueueEntry]:
         """Commit audit row + Message-ID mapping + queue entry together.
 
-        Returns (audit id, queue id) once durable; only then may the SMTP
-        layer answer 250.
+        Returns (audit id, the queue entry) once durable; only then may the
+        SMTP layer answer 250.
         """
 
-        def work(db: sqlite3.Connection) -> tuple[int, int]:
+        def work(db: sqlite3.Connection) -> tuple[int, QueueEntry]:
             audit_id = _insert_audit(db, record)
             if record.order_id is not None:
                 db.execute(
@@ -552,7 +552,8 @@ class Store:
                 "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, "
                 "state, created_at, next_attempt, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
                 (audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, now, now, now))
-            return audit_id, cur.lastrowid
+            return audit_id, QueueEntry(cur.lastrowid, audit_id, kind, mail_from, rcpt_to, "queued", 0, now, now,
+                                        None, notify, notify_alias)
 
         return await self.transact(work)
 
