@@ -61,7 +61,7 @@ class DeliverySection:
     maildir: str = "var/outbox"  # used when mode = "maildir"
     tls: str = "opportunistic"  # STARTTLS to the smarthost: "none", "opportunistic" or "required"
     cafile: str = ""  # CA bundle that verifies the smarthost when tls = "required"; "" = system store
-    connections: int = 4  # persistent connections kept to the smarthost
+    connections: int = 16  # persistent connections kept to the smarthost (Postfix: 20 per destination)
     timeout: float = 60.0  # seconds for each SMTP step to the smarthost
     # RFC 5321 section 4.5.4.1: retry with back-off, give up after 4-5 days.
     retry_initial: float = 300.0

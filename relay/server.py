@@ -119,6 +119,32 @@ class StartError(Exception):
     """The daemon cannot start (a listener cannot bind); the message says which."""
 
 
+# An envelope path in its plainest form, `<dot-atom@hostname>`: what nearly
+# every client sends.  The stdlib's header parser that aiosmtpd (and the
+# defect check below) use for any path costs more than the rest of a MAIL
+# command; for this form its answer is known, so the parser is kept for the
+# others (quoted strings, comments, source routes, literals, odd characters).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_PLAIN_ADDRESS = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
+_PLAIN_PATH = re.compile(rf"<({_PLAIN_ADDRESS.pattern})>")
+
+
+def plain_path(arg: str) -> tuple[str, str] | None:
+    """(address, parameters) for a plain `<local@domain> PARAMS` argument,
+    exactly as aiosmtpd's parser would give them; None for anything else."""
+    match = _PLAIN_PATH.match(arg)
+    if match is None:
+        return None
+    rest = arg[match.end():]
+    if rest:
+        params = rest.lstrip(" ")
+        if params == rest or params[:1].isspace() or params.startswith("("):
+            return None
+        rest = params
+    return match.group(1), rest
+
+
 @functools.cache
 def _dispatch_names(cls: type) -> list[str]:
     """The attributes aiosmtpd dispatches to (`smtp_*`, `auth_*`, `handle_*`).
@@ -169,6 +195,12 @@ class RelaySMTP(SMTP):
 
     def __dir__(self) -> list[str]:
         return _dispatch_names(type(self))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        plain = plain_path(arg)
+        if plain is not None and len(plain[0].rpartition("@")[0]) <= (self.local_part_limit or LOCAL_PART_LIMIT):
+            return plain
+        return super()._getaddr(arg)
 
     # ------------------------------------------------------------ connection
 
@@ -671,11 +703,14 @@ def _address_defect(address: str) -> str | None:
         return "the address holds control characters or is too long"
     if "@" not in address:
         return None if address.lower() == "postmaster" else "the address has no domain"
-    try:
-        token, rest = get_addr_spec(address)
-    except (HeaderParseError, IndexError):
-        return "the address cannot be parsed"
-    if rest or token.all_defects:
+    if _PLAIN_ADDRESS.fullmatch(address):
+        token, rest = None, ""
+    else:
+        try:
+            token, rest = get_addr_spec(address)
+        except (HeaderParseError, IndexError):
+            return "the address cannot be parsed"
+    if rest or (token is not None and token.all_defects):
         return "the address cannot be parsed"
     local, _, domain = address.rpartition("@")
     if len(local) > LOCAL_PART_LIMIT:
