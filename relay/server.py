@@ -326,7 +326,10 @@ class RelaySMTP(SMTP):
                 # aiosmtpd echoes the unknown verb, control characters included
                 # (a vertical tab splits the reply line for some clients).
                 status = "500 5.5.1 Command not recognized"
-            status = _UNPRINTABLE.sub("?", status)
+            if status.startswith("250-"):  # the EHLO reply, written at once (handle_EHLO)
+                status = "\r\n".join(_UNPRINTABLE.sub("?", line) for line in status.split("\r\n"))
+            else:  # one line, whatever text went into it
+                status = _UNPRINTABLE.sub("?", status)
             d = self.daemon
             if d is not None:
                 if original in _SIZE_REPLIES:
@@ -484,7 +487,9 @@ class RelayHandler:
         if getattr(server, "listener", "mx") != "submission":
             # aiosmtpd offers AUTH on any TLS session; the MX never authenticates anyone.
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
-        return responses
+        # One write for the whole multi-line reply: aiosmtpd pushes each list
+        # item on its own, a send() per line.
+        return ["\r\n".join(responses)]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
