@@ -477,7 +477,7 @@ def _cid_value(value: str) -> str:
 
 
 def _content_id_map(message: EmailMessage, hostname: str) -> dict[str, str]:
-    salt = secrets.token_hex(8)
+    salt = ""  # drawn for the first Content-ID only: most messages have none
     mapping: dict[str, str] = {}
     for part in message.walk():
         value = part.get("Content-ID")
@@ -485,6 +485,7 @@ def _content_id_map(message: EmailMessage, hostname: str) -> dict[str, str]:
             continue
         old = _cid_value(str(value))
         if old and old not in mapping:
+            salt = salt or secrets.token_hex(8)
             digest = hashlib.sha256((salt + old).encode("utf-8", "surrogatepass")).hexdigest()[:24]
             mapping[old] = f"{digest}@{hostname}"
     return mapping
