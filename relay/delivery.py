@@ -25,6 +25,7 @@ import aiosmtplib
 
 from relay.config import Settings, parse_hostport
 from relay.logs import get_logger
+from relay.tasks import cancel_and_wait
 from relay.store import QueueEntry, StorageError, Store
 
 _SAFE_ADDRESS = re.compile(r"[^\s<>\r\n\0]*")
@@ -100,13 +101,7 @@ class Delivery:
         self._tasks += [asyncio.create_task(self._worker(i)) for i in range(n)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         for client in self._clients:
             if client is not None:
                 try:

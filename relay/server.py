@@ -59,6 +59,7 @@ from relay.passwords import verify_password
 from relay.pipeline import Outcome, Pipeline, Recipient
 from relay.sender_auth import ClientInfo
 from relay.store import QueueEntry, StorageError, Store
+from relay.tasks import cancel_and_wait
 from relay.tls import server_context
 
 BANNER_IDENT = "ESMTP ready"
@@ -1021,13 +1022,7 @@ class RelayDaemon:
             asyncio.get_running_loop().remove_reader(self.wake_fd)
         if self.metrics_server is not None:
             self.metrics_server.close()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await cancel_and_wait(self._tasks)
         if self.store is not None:
             await self.store.close()
         self.log.info("relay.stopped")

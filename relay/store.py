@@ -284,33 +284,36 @@ class Store:
         return await future
 
     async def _write_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
-            self._wake.clear()
+            if not self._pending:
+                if self._closed:
+                    return  # close() waits for this: everything handed in is committed
+                await self._wake.wait()
+                self._wake.clear()
+                continue
             batch, self._pending = self._pending, []
-            if batch:
-                works = [work for work, _ in batch]
-                try:
-                    outcomes = await asyncio.shield(loop.run_in_executor(self._writer_thread, self._commit_batch,
-                                                                         works))
-                except BaseException as exc:  # the whole batch failed: nobody gets a 250
-                    error = _storage_error(exc) if isinstance(exc, (sqlite3.Error, OSError)) else exc
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(error if isinstance(error, Exception) else StorageError(str(error)))
-                    if isinstance(exc, asyncio.CancelledError):
-                        raise
-                    continue
-                for (_, future), (result, error) in zip(batch, outcomes):
-                    if future.done():
-                        continue
-                    if error is None:
-                        future.set_result(result)
-                    else:
-                        future.set_exception(error)
-            elif self._closed:
-                return
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        works = [work for work, _ in batch]
+        try:
+            outcomes = await asyncio.shield(loop.run_in_executor(self._writer_thread, self._commit_batch, works))
+        except BaseException as exc:  # the whole batch failed: nobody gets a 250
+            error = _storage_error(exc) if isinstance(exc, (sqlite3.Error, OSError)) else exc
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(error if isinstance(error, Exception) else StorageError(str(error)))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        for (_, future), (result, error) in zip(batch, outcomes):
+            if future.done():
+                continue
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
 
     def _commit_batch(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[Any, Exception | None]]:
         """One transaction for the whole batch, in the writer thread; raises
