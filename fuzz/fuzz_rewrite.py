@@ -9,9 +9,6 @@ RewriteError) is a bug: the SMTP layer would answer 451 forever.
 from __future__ import annotations
 
 import sys
-from email import policy
-from email.parser import BytesParser
-
 import atheris
 
 # Third-party modules are imported first so that only our own code is
@@ -24,6 +21,7 @@ import tldextract  # noqa: F401,E402
 
 with atheris.instrument_imports(include=["relay"]):
     from relay.config import Settings
+    from relay.parsing import parse_message
     from relay.pipeline import MessageRefused, check_raw, check_structure
     from relay.rewrite import Parties, RewriteError, Threading, rewrite_message
 
@@ -31,13 +29,12 @@ SETTINGS = Settings()
 PARTIES = Parties(("alice.real@sender.example",), "sellerxaliasxxxxxx@relay.example", "Shop",
                   ("bob.real@recipient.example",), "buyerxaliasxxxxxxx@relay.example", "mx.relay.example")
 THREADING = Threading("<fuzz@mx.relay.example>")
-PARSER = BytesParser(policy=policy.default)
 
 
 def one_input(data: bytes) -> None:
     try:
         check_raw(data, SETTINGS)
-        message = PARSER.parsebytes(data)
+        message = parse_message(data)  # the relay's own parse (relay.parsing)
         check_structure(message, SETTINGS)
         result = rewrite_message(message, PARTIES, THREADING)
     except (MessageRefused, RewriteError):

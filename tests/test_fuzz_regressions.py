@@ -42,7 +42,7 @@ def test_atheris_finds_nothing_in_a_bounded_run(tmp_path):
     work = tmp_path / "corpus"
     work.mkdir()
     result = subprocess.run(
-        [sys.executable, str(ROOT / "fuzz" / "fuzz_rewrite.py"), "-max_total_time=20", "-rss_limit_mb=2048",
+        [sys.executable, str(ROOT / "fuzz" / "fuzz_rewrite.py"), "-max_total_time=20", "-timeout=30", "-rss_limit_mb=2048",
          f"-artifact_prefix={tmp_path}/", str(work), str(ROOT / "fuzz" / "seeds")],
         capture_output=True, timeout=600, cwd=tmp_path)
     crashes = list(tmp_path.glob("crash-*")) + list(tmp_path.glob("timeout-*"))
