@@ -163,3 +163,15 @@ async def test_allowlisted_link_domain_passes(shop):
     relay, aliases = await shop({"filters": {"link_allow_domains": ["ups.example"]}})
     code, _ = send(relay, message(aliases["buyer_alias"], "Track it at https://www.ups.example/track?n=1Z999AA10123456784"))
     assert code == 250
+
+
+async def test_megabyte_of_broken_html_is_refused_within_the_smtp_timeout(shop):
+    # html.parser alone would read this for hours with the event loop blocked (CVE-2025-6069
+    # class); send() gives up after 30 s.
+    relay, aliases = await shop()
+    broken = "<p>Your parcel left today.</p>" + "</a" * 340_000
+    result = send(relay, message(aliases["buyer_alias"], "Your parcel left today.", html=broken))
+    assert_rejected(result, "tracking_pixel")
+    assert b"malformed" in result[1]
+    (row,) = relay.audit("o1")
+    assert row["verdict"] == "rejected" and row["reasons"] == ["tracking_pixel"]

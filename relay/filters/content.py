@@ -6,7 +6,8 @@ how text is normalised for matching.
   text/plain part, and every text/html part converted to the text a reader sees.
 - `scan_html(markup)` parses markup once (stdlib html.parser, cached) into the
   visible text, the navigation URLs (href, form action, ...) and the resources a
-  mail client would load (img src, CSS url(), background=, <link rel=stylesheet>...).
+  mail client would load (img src, CSS url(), background=, <link rel=stylesheet>...),
+  in time linear in the markup's length whatever the markup (`_parse_markup`).
 - `fold(text)` maps accented letters, typographic apostrophes and odd spaces to
   plain ASCII one character for one character, so regexes can be written in
   ASCII while match offsets still point into the original text (fragments are
@@ -328,6 +329,9 @@ class HtmlScan:
     # src of images sized 0/1 px or hidden
     tiny_images: list[str] = field(default_factory=list)
     base_href: str = ""
+    # False when part of the markup could only be read as text (see _parse_markup): its links
+    # and addresses are in `text`, but the resources it may load are unknown.
+    complete: bool = True
     _targets: list[tuple[str, str, str]] | None = field(default=None, repr=False, compare=False)
 
     def targets(self) -> list[tuple[str, str, str]]:
@@ -451,8 +455,6 @@ class _Scanner(HTMLParser):
             self._text.append(data)
 
 
-_TAG_RE = re.compile(r"<[^<>]{0,10000}>")
-
 # ---- the fast path: one regex pass over well-formed markup
 #
 # _fast_scan feeds the _Scanner callbacks the events html.parser would feed them, for the
@@ -559,6 +561,62 @@ def _fast_scan(markup: str) -> HtmlScan | None:
     return scan
 
 
+# ---- the slow path: html.parser, in linear time
+#
+# html.parser (CPython 3.11.7, and every version without the fix for CVE-2025-6069) reads a
+# construct it cannot complete (an unclosed "<!--", "<![CDATA[", "</", "<?", a start tag that
+# runs to the end) only at close(): it searches for the construct's end to the end of the
+# markup, reads the construct as text up to the next '>' (or '<'), and tries again at the next
+# '<'.  A few hundred kilobytes of "<a " or "</" take minutes.  feed() alone is linear: it
+# reads every complete construct and stops at the first incomplete one.  So _parse_markup
+# feeds, does what close() does with the one incomplete construct, and feeds the rest again;
+# each round costs at most the length of what is left, and the rounds stop when they have
+# cost as much as the markup's length (plus _PARSE_SLACK): a few stray "<!--" are read
+# whole, thousands of unclosed constructs are not.  What is left then is read as text (its
+# links, addresses and phone numbers are still found) and the scan is marked incomplete,
+# since the resources it may load are unknown: tracking_pixel rejects such a part.
+_PARSE_SLACK = 1 << 20
+# html.parser 3.11 raises on "<![" without one of these keywords (later versions read it as a
+# bogus comment, like browsers); written "&lt;![", it reads as the text it is.
+_BAD_MARKED_SECTION = re.compile(
+    r"<(?=!\[(?!(?i:temp|cdata|ignore|include|rcdata|if|else|endif)(?![-_.a-zA-Z0-9]))(?!\Z))")
+
+
+def _parse_markup(markup: str) -> HtmlScan:
+    """What html.parser's feed() and close() read, in time linear in the markup's length.
+
+    Two differences, both towards seeing more: an unclosed <style> is read to the end (as
+    browsers apply it; html.parser drops it), and "<![" that html.parser 3.11 cannot parse is
+    text."""
+    sc = _Scanner()
+    if "<![" in markup:
+        markup = _BAD_MARKED_SECTION.sub("&lt;", markup)
+    budget = len(markup) + _PARSE_SLACK
+    sc.feed(markup)
+    while sc.rawdata:
+        rest, sc.rawdata = sc.rawdata, ""
+        if sc.cdata_elem:  # an unclosed <script> or <style>
+            sc.handle_data(rest)
+            break
+        if not rest.startswith("<"):  # text that ends in an incomplete character reference
+            sc.handle_data(unescape(rest))
+            break
+        budget -= len(rest)
+        if budget < 0:
+            sc._text.append(unescape(rest))
+            sc.scan.complete = False
+            break
+        # close(): the incomplete construct is text up to the next '>', else up to the next '<'
+        end = rest.find(">", 1) + 1 or rest.find("<", 1)
+        if end <= 0:
+            end = 1
+        sc.handle_data(unescape(rest[:end]))
+        sc.feed(rest[end:])
+    scan = sc.scan
+    scan.text = "".join(sc._text)
+    return scan
+
+
 @per_message_cache(4)
 def scan_html(markup: str) -> HtmlScan:
     """Parse once; every content filter reuses the result."""
@@ -568,17 +626,12 @@ def scan_html(markup: str) -> HtmlScan:
         fast = None
     if fast is not None:
         return fast
-    scanner = _Scanner()
     try:
-        scanner.feed(markup)
-        scanner.close()
-        scan = scanner.scan
-        scan.text = "".join(scanner._text)
+        return _parse_markup(markup)
     except Exception:  # html.parser is lenient, but never let markup crash the chain
-        import html as _html
-
-        scan = HtmlScan(text=_html.unescape(_TAG_RE.sub(" ", markup)))
-    return scan
+        # Nothing of the structure is known: all of the markup is text, and nothing passes
+        # for checked.
+        return HtmlScan(text=unescape(markup), complete=False)
 
 
 # ---------------------------------------------------------------- URLs
