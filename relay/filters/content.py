@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import lru_cache
 from html import unescape
@@ -60,10 +61,11 @@ def _build_fold_table() -> dict[int, str]:
         table[ord(ch)] = " "
     for ch in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d":
         table[ord(ch)] = "-"
-    table[ord("\uff20")] = "@"  # fullwidth commercial at
-    table[ord("\uff0e")] = "."  # fullwidth full stop
-    table[ord("\u3002")] = "."  # ideographic full stop
-    table[ord("\uff0b")] = "+"
+    for cp in range(0xFF01, 0xFF5F):  # full-width ASCII: ＠ ． ＋ ０-９ ａ-ｚ ...
+        table[cp] = chr(cp - 0xFEE0)
+    for ch in "\u3002\ufe52\u2024":  # ideographic full stop, small full stop, one dot leader
+        table[ord(ch)] = "."
+    table[ord("\ufe6b")] = "@"  # small commercial at
     return table
 
 
@@ -186,6 +188,36 @@ def words_present(folded: str) -> frozenset[tuple[str, bytes]]:
         if space and hit in _WHOLE:
             found.add(("e", hit))
     return frozenset(found)
+
+
+# ---------------------------------------------------------------- invisible characters
+
+# Characters a reader does not see ("john\u200b@gmail.com" reads john@gmail.com).
+_INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200d\u2060-\u2064\ufeff]")
+
+
+def on_visible_text(finder):
+    """Decorate finder(text, *args) -> ((start, end, ...), ...) to run on the text without its
+    invisible characters: the spans it returns are mapped back to the text, so that a fragment
+    is what the seller wrote, invisible characters included (the rewriter redacts fragments by
+    finding them in the text)."""
+    def wrapper(text: str, *args):
+        if text.isascii() or not _INVISIBLE.search(text):
+            return finder(text, *args)
+        removed = [m.start() for m in _INVISIBLE.finditer(text)]
+        # the k-th removed character would have been at removed[k] - k in the visible text
+        at_visible = [pos - k for k, pos in enumerate(removed)]
+
+        def original(i: int, end: bool = False) -> int:
+            # characters removed at or before visible offset i (strictly before, for an end)
+            return i + bisect_right(at_visible, i - 1 if end else i)
+
+        return tuple((original(hit[0]), original(hit[1], end=True), *hit[2:])
+                     for hit in finder(_INVISIBLE.sub("", text), *args))
+
+    wrapper.__wrapped__ = finder
+    wrapper.__doc__ = finder.__doc__
+    return wrapper
 
 
 # ---------------------------------------------------------------- windowed matching
