@@ -32,6 +32,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, getaddresses
 
+from relay.filters.attachments import declared_kind, sniff
 from relay.filters.base import Attachment, TextPart
 
 OUT_POLICY = policy.SMTP.clone(max_line_length=78, refold_source="all")
@@ -412,7 +413,10 @@ class _Writer:
             decoded = part.get_payload(decode=True) or b""
         except Exception:
             decoded = raw
-        if ctype.startswith("text/") or ctype in TEXTUAL_TYPES:
+        if ctype.startswith("text/") or ctype in TEXTUAL_TYPES or (declared_kind(ctype) is None
+                                                                    and sniff(decoded) == "txt"):
+            # (a text file sent as application/octet-stream is a text file: the attachment
+            # rules let it through as plain text, so it is scrubbed and judged as text)
             return self._text_leaf(part, ctype, raw, cte, decoded, filename)
         if self.scrubber.found_in_bytes(decoded):
             name = clean_header_text(self.scrub_text(filename or ctype))
@@ -446,7 +450,7 @@ class _Writer:
             self.parts.append(TextPart(f"{ctype} part {len(self.parts) + 1}", ctype, new_text))
         else:
             self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype,
-                                               new_text.encode("utf-8")))
+                                               new_text.encode("utf-8"), new_text))
         # Keep the original bytes only if nothing changed *and* the encoded
         # form hides nothing the decoder skips (junk lines inside base64).
         raw_text = raw.decode("latin-1")

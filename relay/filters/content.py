@@ -3,7 +3,8 @@ promotion, tracking_pixel): where text lives in a message, how HTML is read,
 how text is normalised for matching.
 
 - `text_sources(view)` yields (location, text) for the subject, every
-  text/plain part, and every text/html part converted to the text a reader sees.
+  text/plain part and text attachment, and every text/html part or attachment
+  converted to the text a reader sees.
 - `scan_html(markup)` parses markup once (stdlib html.parser, cached) into the
   visible text, the navigation URLs (href, form action, ...) and the resources a
   mail client would load (img src, CSS url(), background=, <link rel=stylesheet>...),
@@ -720,21 +721,28 @@ def domain_allowed(host: str, allowed: tuple[str, ...] | list[str], relay_domain
 # ---------------------------------------------------------------- sources
 
 
+def _texts(view: MessageView) -> Iterator[tuple[str, str, str]]:
+    """(location, content type, text) of the text parts, then of the text attachments."""
+    for part in view.parts:
+        yield part.location, part.content_type, part.text
+    for att in view.attachments:
+        if att.text is not None:
+            yield att.location, att.content_type, att.text
+
+
 def text_sources(view: MessageView) -> Iterator[tuple[str, str]]:
-    """(location, text) of everything a reader sees as text."""
+    """(location, text) of everything a reader sees as text: the subject, the text parts and
+    the text attachments (a .txt file, an HTML page as the text it shows)."""
     if view.subject:
         yield "subject", view.subject
-    for part in view.parts:
-        if part.content_type == "text/html":
-            yield part.location, scan_html(part.text).text
-        else:
-            yield part.location, part.text
+    for location, ctype, text in _texts(view):
+        yield location, scan_html(text).text if ctype == "text/html" else text
 
 
 def html_scans(view: MessageView) -> Iterator[tuple[str, HtmlScan]]:
-    for part in view.parts:
-        if part.content_type == "text/html":
-            yield part.location, scan_html(part.text)
+    for location, ctype, text in _texts(view):
+        if ctype == "text/html":
+            yield location, scan_html(text)
 
 
 MAX_FINDINGS = 200
