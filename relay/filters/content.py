@@ -650,7 +650,7 @@ def _parse_markup(markup: str) -> HtmlScan:
     return scan
 
 
-@per_message_cache(4)
+@per_message_cache(8)  # (a message's HTML parts and HTML attachments, read by four filters)
 def scan_html(markup: str) -> HtmlScan:
     """Parse once; every content filter reuses the result."""
     try:
