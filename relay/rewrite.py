@@ -32,6 +32,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import formataddr, getaddresses
 
+from relay.filters.attachments import declared_kind, sniff
 from relay.filters.base import Attachment, TextPart
 
 OUT_POLICY = policy.SMTP.clone(max_line_length=78, refold_source="all")
@@ -49,6 +50,7 @@ KEPT_NESTED_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 NESTED_ADDRESS_HEADERS = ("From", "To", "Cc")
 
 LOOP_HEADER = "X-Relay-Loop"
+MAX_PARAMETER_NAME = 40  # a MIME parameter with a longer name is junk, and is dropped
 _MIME_TYPE = re.compile(r"[a-z0-9!#$&^_.+\-]+/[a-z0-9!#$&^_.+\-]+")
 
 TEXTUAL_TYPES = {"application/ics", "application/x-vcard", "application/vcard", "application/json",
@@ -343,7 +345,9 @@ class _Writer:
         holder[name] = main
         for key, value in params[1:]:
             key = clean_header_text(str(key)).lower()
-            if not key or not re.fullmatch(r"[a-z0-9!#$&^_.+\-]+", key):
+            # (no real parameter name is long; the stdlib's folder loops forever on one of 65+
+            # characters, CPython 3.11.7: fuzz regression long-parameter-name)
+            if not key or len(key) > MAX_PARAMETER_NAME or not re.fullmatch(r"[a-z0-9!#$&^_.+\-]+", key):
                 continue
             if isinstance(value, tuple):  # RFC 2231 (charset, language, value)
                 from email.utils import collapse_rfc2231_value
@@ -386,15 +390,14 @@ class _Writer:
     def nested_headers(self, inner: EmailMessage) -> list[bytes]:
         lines = []
         for name in KEPT_NESTED_HEADERS:
-            value = inner.get(name)
-            if value is None:
+            if name not in inner:  # (a test of the names: get() would parse, and the parser may raise)
                 continue
             if name in NESTED_ADDRESS_HEADERS:
                 try:
                     pairs = getaddresses([str(v) for v in inner.get_all(name, [])])
                     rendered = ", ".join(formataddr((clean_header_text(self.scrub_text(n)), self.scrub_text(a)))
                                          for n, a in pairs if a)
-                except (UnicodeError, ValueError):  # not an address list we can rebuild: keep it as text
+                except Exception:  # not an address list we can rebuild (the parser may even raise): keep it as text
                     rendered = self.scrub_text(header_text(inner, name))
                 if rendered:
                     lines.append(_header_line(name, rendered))
@@ -412,7 +415,10 @@ class _Writer:
             decoded = part.get_payload(decode=True) or b""
         except Exception:
             decoded = raw
-        if ctype.startswith("text/") or ctype in TEXTUAL_TYPES:
+        if ctype.startswith("text/") or ctype in TEXTUAL_TYPES or (declared_kind(ctype) is None
+                                                                    and sniff(decoded) == "txt"):
+            # (a text file sent as application/octet-stream is a text file: the attachment
+            # rules let it through as plain text, so it is scrubbed and judged as text)
             return self._text_leaf(part, ctype, raw, cte, decoded, filename)
         if self.scrubber.found_in_bytes(decoded):
             name = clean_header_text(self.scrub_text(filename or ctype))
@@ -446,7 +452,7 @@ class _Writer:
             self.parts.append(TextPart(f"{ctype} part {len(self.parts) + 1}", ctype, new_text))
         else:
             self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype,
-                                               new_text.encode("utf-8")))
+                                               new_text.encode("utf-8"), new_text))
         # Keep the original bytes only if nothing changed *and* the encoded
         # form hides nothing the decoder skips (junk lines inside base64),
         # and is 7-bit: 8-bit bytes are re-encoded, so the next hop never

@@ -307,3 +307,19 @@ def test_too_many_fragments_cannot_be_redacted_away():
     text = " ".join(f"user{i}@shop{i}.com" for i in range(250))
     result = Chain(settings).run(plain(text), CTX)
     assert result.rejection is not None and result.rejection.code == "email_address"
+
+
+def test_text_attachments_are_read_like_text_parts():
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["Subject"] = "Your order"
+    msg.set_content("The details are attached.")
+    msg.add_attachment("Call 06 12 34 56 78 or see www.shop.com", filename="notes.txt")
+    msg.add_attachment('<a href="mailto:john@gmail.com">write</a>', subtype="html", filename="page.html")
+    msg.add_attachment(b"\x89PNG\r\n\x1a\n 06 12 34 56 78", maintype="image", subtype="png", filename="p.png")
+    view = MessageView.from_message(msg)
+    found = {(f.code, f.location) for f in Chain(SETTINGS).run(view, CTX).findings}
+    assert {("phone_number", "attachment notes.txt"), ("link", "attachment notes.txt"),
+            ("email_address", "attachment page.html")} <= found
+    assert not any(location == "attachment p.png" and code != "attachment_type" for code, location in found)

@@ -99,6 +99,41 @@ def test_fast_html_scan_reads_generated_markup_like_html_parser(markup):
     _same_scan(markup)
 
 
+def _linear_reads_like_html_parser(markup: str) -> None:
+    """content._parse_markup (html.parser fed in linear time) reads what feed() and close()
+    read; the one deliberate difference: an unclosed <style> is read to the end, so it may
+    find more resources after those html.parser finds."""
+    try:
+        slow = _slow_scan(markup)
+    except Exception:  # html.parser 3.11 raises on some "<![": nothing to compare with
+        return
+    linear = content._parse_markup(markup)
+    assert linear.complete, markup[:300]
+    for name in ("text", "hrefs", "linked_images", "tiny_images", "base_href"):
+        assert getattr(linear, name) == getattr(slow, name), (name, markup[:300])
+    assert linear.resources[:len(slow.resources)] == slow.resources, markup[:300]
+
+
+def test_linear_html_reading_is_html_parsers_on_real_and_truncated_markup():
+    for markup in HTML_DOCS:
+        # cut anywhere, real markup ends in the unclosed constructs html.parser reads at close()
+        for cut in sorted({len(markup), *range(7, len(markup), max(1, len(markup) // 9))}):
+            _linear_reads_like_html_parser(markup[:cut])
+
+
+_BROKEN_PIECES = st.sampled_from([
+    "<!--", "<!--x>", "<![CDATA[", "<![CDATA[x]]>", "<![if !mso]>", "<![endif]>", "<![x]>", "<![", '<a href="<![x]>">',
+    "</", "</a", "</ a", "<?", "<?x", "<!x", "<!doctype", "<a ", "<a b=", "<a b='>'", '<a b=">"', "<a b='", "<style>",
+    "<script>", "&", "&#", "&am", ">", "<",
+])
+
+
+@FAST
+@given(st.lists(_MARKUP_PIECES | _BROKEN_PIECES | st.text(max_size=5), max_size=25).map("".join))
+def test_linear_html_reading_is_html_parsers_on_generated_broken_markup(markup):
+    _linear_reads_like_html_parser(markup)
+
+
 # ------------------------------------------------------------------ text detectors
 
 _TEXT_PIECES = st.sampled_from(

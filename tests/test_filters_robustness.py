@@ -1,9 +1,12 @@
 """The chain never raises, whatever the text, markup or MIME tree; transfer encodings
-do not change verdicts; adversarial megabyte inputs finish quickly."""
+do not change verdicts; adversarial megabyte inputs finish quickly; broken HTML is read in
+linear time, and what cannot be read whole does not pass for checked."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from email import message_from_bytes
 from email.message import EmailMessage
@@ -14,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from relay.filters import content, pixels
 from relay.filters.base import SELLER_TO_BUYER, FilterContext, MessageView, TextPart
 from relay.filters.chain import Chain
 from relay.filters.settings import FilterSettings
@@ -166,3 +170,82 @@ def test_megabyte_adversarial_html_finishes_quickly():
     start = time.perf_counter()
     CHAIN.run(view, CTX)
     assert time.perf_counter() - start < 10.0
+
+
+# ------------------------------------------------------------------ broken HTML (CVE-2025-6069 class)
+#
+# html.parser (3.11.7) is quadratic on constructs it cannot complete: 25 KB of "<a " took
+# 5.7 s, 100 KB of "</" 1 s, and a megabyte of any of these minutes to hours
+# (bench/bench_html_dos.py).  Each megabyte runs the chain in a child process, killed after
+# a generous limit: no timing is asserted, only that the reading ends.
+
+_BROKEN = {
+    "unclosed start tags": "<a ",
+    "start tags with a bare value": "<a b=",
+    "start tags through a quoted '>'": "<a b='>'",
+    "unclosed comments": "<!--",
+    "comments closed by '>' only": "<!--x>",
+    "unclosed CDATA sections": "<![CDATA[>",
+    "unclosed end tags": "</a",
+    "unclosed processing instructions": "<?",
+    "unclosed declarations": "<!x",
+}
+_JUDGE_STDIN = """
+import json, sys
+from relay.filters.base import SELLER_TO_BUYER, FilterContext, MessageView, TextPart
+from relay.filters.chain import Chain
+from relay.filters.settings import FilterSettings
+view = MessageView(subject="Your order", parts=(TextPart("text/html part 1", "text/html", sys.stdin.read()),))
+result = Chain(FilterSettings()).run(view, FilterContext(direction=SELLER_TO_BUYER, relay_domain="relay.example"))
+print(json.dumps([[f.code, f.fragment, f.sentence] for f in result.findings]))
+"""
+
+
+def _judge_in_child(markup: str, limit: float = 30.0) -> list[list[str]]:
+    try:
+        done = subprocess.run([sys.executable, "-c", _JUDGE_STDIN], input=markup, capture_output=True, text=True,
+                              timeout=limit, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the chain was still reading {len(markup)} characters of markup after {limit:g} s")
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize("name", list(_BROKEN))
+def test_megabyte_of_broken_html_constructs_is_read_in_bounded_time_and_rejected(name):
+    unit = _BROKEN[name]
+    markup = "<p>Hello, your order has shipped.</p>" + unit * (1_000_000 // len(unit))
+    findings = _judge_in_child(markup)
+    # Read whole, such markup would cost minutes: what is left unread is text, and the part is
+    # rejected, since what it would load is unknown.
+    assert ["tracking_pixel", "", pixels.UNREADABLE] in findings
+
+
+def test_unreadable_html_is_still_searched_as_text_for_links():
+    markup = "<p>hi</p>" + "</a" * 400_000 + " see https://cheap-mugs.example/sale"
+    findings = _judge_in_child(markup)
+    assert ["link", "https://cheap-mugs.example/sale"] in [f[:2] for f in findings]
+    assert ["tracking_pixel", ""] in [f[:2] for f in findings]
+
+
+def test_a_few_stray_html_constructs_do_not_stop_the_reading():
+    rows = "".join(f'<tr><td><a href="https://www.shop-market.com/o/{i}">order {i}</a></td></tr>' for i in range(3000))
+    markup = "<p>Hi <!--x> there</p><p>a <?b c</p>" + rows + '<img src="https://t.example/p.gif"></a'
+    assert len(markup) > 200_000
+    scan = content.scan_html(markup)
+    assert scan.complete
+    assert ("img", "src", "https://t.example/p.gif") in scan.resources
+
+
+def test_markup_html_parser_cannot_parse_keeps_its_links_and_pixels():
+    # html.parser 3.11 raises on "<![x"; the whole part used to be read as tag-stripped text,
+    # losing every link target and remote image.
+    markup = '<a href="https://evil.example/">shop</a><img src="//t.example/p.gif"><![x]>'
+    reasons = CHAIN.run(MessageView(subject="x", parts=(TextPart("text/html part 1", "text/html", markup),)),
+                        CTX).reasons
+    assert {"link", "tracking_pixel"} <= set(reasons)
+
+
+def test_unclosed_style_block_is_read_to_the_end():
+    # browsers apply an unclosed <style>; html.parser drops its content
+    markup = "<p>hi</p><style>body{background:url(https://t.example/p.gif)}"
+    assert ("style", "css", "https://t.example/p.gif") in content.scan_html(markup).resources

@@ -163,3 +163,84 @@ async def test_allowlisted_link_domain_passes(shop):
     relay, aliases = await shop({"filters": {"link_allow_domains": ["ups.example"]}})
     code, _ = send(relay, message(aliases["buyer_alias"], "Track it at https://www.ups.example/track?n=1Z999AA10123456784"))
     assert code == 250
+
+
+async def test_megabyte_of_broken_html_is_refused_within_the_smtp_timeout(shop):
+    # html.parser alone would read this for hours with the event loop blocked (CVE-2025-6069
+    # class); send() gives up after 30 s.
+    relay, aliases = await shop()
+    broken = "<p>Your parcel left today.</p>" + "</a" * 340_000
+    result = send(relay, message(aliases["buyer_alias"], "Your parcel left today.", html=broken))
+    assert_rejected(result, "tracking_pixel")
+    assert b"malformed" in result[1]
+    (row,) = relay.audit("o1")
+    assert row["verdict"] == "rejected" and row["reasons"] == ["tracking_pixel"]
+
+
+def with_text_attachment(alias: str, text: str, subtype: str = "plain", filename: str = "notes.txt",
+                         maintype: str = "text", frm: str = SELLER) -> EmailMessage:
+    msg = message(alias, "The details are in the attached file.", frm=frm)
+    if maintype == "text":
+        msg.add_attachment(text, subtype=subtype, filename=filename)
+    else:  # a text file that claims no type
+        msg.add_attachment(text.encode(), maintype=maintype, subtype=subtype, filename=filename)
+    return msg
+
+
+@pytest.mark.parametrize("code, text", [
+    ("link", "Order again at https://cheap-mugs.example/sale for less."),
+    ("email_address", "Write to sam.private@gmail.example directly."),
+    ("phone_number", "Call me on +1 415 555 0134."),
+    ("promotion", "Leave us a 5-star review and get a free gift!"),
+])
+@pytest.mark.parametrize("declared", ["text/plain", "application/octet-stream"])
+async def test_content_rules_read_text_attachments(shop, code, text, declared):
+    relay, aliases = await shop()
+    maintype, subtype = declared.split("/")
+    result = send(relay, with_text_attachment(aliases["buyer_alias"], text, subtype, maintype=maintype))
+    assert_rejected(result, code)
+    assert b"in the attachment notes.txt" in result[1]
+    assert relay.sink.messages == []
+
+
+async def test_clean_text_attachment_passes(shop):
+    relay, aliases = await shop()
+    code, _ = send(relay, with_text_attachment(aliases["buyer_alias"], "Care instructions: hand wash only, 30 C."))
+    assert code == 250
+    await relay.sink.wait_for_count(1)
+
+
+@pytest.mark.parametrize("declared", ["text/plain", "application/octet-stream"])
+async def test_redact_action_reaches_text_attachments(shop, declared):
+    relay, aliases = await shop({"filters": {"actions": {"phone_number": "redact"}}})
+    maintype, subtype = declared.split("/")
+    msg = with_text_attachment(aliases["buyer_alias"], "Call me on +1 415 555 0134 after 5 pm.", subtype,
+                               maintype=maintype)
+    code, _ = send(relay, msg)
+    assert code == 250
+    (delivered,) = await relay.sink.wait_for_count(1)
+    out = message_from_bytes(delivered.data, policy=policy.default)
+    (attached,) = [p for p in out.walk() if p.get_filename() == "notes.txt"]
+    text = attached.get_payload(decode=True).decode()
+    assert "[phone number removed]" in text and "415 555 0134" not in text
+
+
+async def test_content_rules_read_html_attachments_where_allowed(shop):
+    # text/html is no allowed attachment type by default; an operator who only flags types lets it
+    # through, and its links and remote images are then judged like an HTML body's.
+    relay, aliases = await shop({"filters": {"actions": {"attachment_type": "flag"}}})
+    page = '<p>Our catalogue: <a href="https://cheap-mugs.example/">here</a></p>'
+    result = send(relay, with_text_attachment(aliases["buyer_alias"], page, "html", "catalogue.html"))
+    assert_rejected(result, "link")
+    assert b"in the attachment catalogue.html" in result[1]
+    pixel = '<p>Thanks!</p><img src="https://t.example/open.gif" width="1" height="1">'
+    assert_rejected(send(relay, with_text_attachment(aliases["buyer_alias"], pixel, "html", "thanks.html")),
+                    "tracking_pixel")
+
+
+async def test_buyer_text_attachments_are_not_judged_by_content_rules(shop):
+    relay, aliases = await shop()
+    msg = with_text_attachment(aliases["seller_alias"], "My number is +1 415 555 0134.", frm=BUYER)
+    code, _ = send(relay, msg, mail_from=BUYER)
+    assert code == 250
+    await relay.sink.wait_for_count(1)

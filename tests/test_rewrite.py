@@ -146,6 +146,23 @@ def test_binary_attachment_holding_an_address_is_refused():
     assert info.value.reply.startswith("550 5.7.1")
 
 
+def test_text_file_sent_as_octet_stream_is_rewritten_and_judged_as_text():
+    # The attachment rules let such a file through as plain text: it is scrubbed like a
+    # text/plain attachment (rather than refused as a binary holding an address) and handed to
+    # the content rules as text.
+    msg = EmailMessage()
+    msg["From"] = SELLER
+    msg["Subject"] = "notes"
+    msg.set_content("notes attached")
+    msg.add_attachment(b"Questions? sam.real@shop.example, or call after 5 pm.\n", maintype="application",
+                       subtype="octet-stream", filename="notes.txt")
+    result = rewrite_message(message_from_bytes(msg.as_bytes(), policy=policy.default), PARTIES, THREAD)
+    assert_clean(result.data)
+    (attached,) = result.attachments
+    assert attached.text == f"Questions? {SELLER_ALIAS}, or call after 5 pm.\n"
+    assert attached.data == attached.text.encode()
+
+
 def test_smime_signature_and_pgp_keys_are_stripped():
     raw = (
         "From: sam.real@shop.example\r\nSubject: signed\r\nMIME-Version: 1.0\r\n"

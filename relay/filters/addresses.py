@@ -2,8 +2,10 @@
 
 Finds literal addresses (`john@gmail.com`, `design @ printhouse.com`) and the
 usual obfuscations (`john at gmail dot com`, `john[at]gmail.com`,
-`john (at) gmail (dot) com`, French `arobase` / `point`), in the subject, the
-text parts, the text of HTML parts and mailto: links.  Addresses on the relay's
+`john (at) gmail (dot) com`, `john (@) gmail (.) com`, French `arobase` /
+`point`; tabs and line breaks as spaces; full-width and small `＠`/`﹫`,
+invisible characters between letters), in the subject, the text parts, the text
+of HTML parts and mailto: links.  Addresses on the relay's
 own domain (the order's aliases) are never flagged: content filters run after
 the parties' real addresses were replaced by their aliases.
 
@@ -20,8 +22,8 @@ from urllib.parse import unquote
 
 from relay.filters.base import FROM_SELLER, FilterContext, Finding, MessageView
 from relay.filters.content import (
-    Findings, Spans, casefree, fold, html_scans, per_message_cache, split_host, text_sources, windowed_finditer,
-    windows,
+    Findings, Spans, casefree, fold, html_scans, on_visible_text, per_message_cache, split_host, text_sources,
+    windowed_finditer, windows,
 )
 from relay.filters.settings import FilterSettings
 
@@ -60,6 +62,7 @@ _PROSE_LOCALS = frozenset("""
 i im me we us you he she it they them is am are was were be been arrive arrived arrives arriving look
 looking meet met stay staying home work here there be ready available back left right sold
 priced priced delivered shipped ship ships parcel package order item one two be check checked
+looked stayed waited wait worked shopped bought ordered found saw seen listed posted selling
 """.split())
 
 
@@ -117,6 +120,7 @@ def _obfuscated_windows(folded: str) -> list[tuple[int, int]]:
     return windows(folded, anchors, 320, 400)
 
 
+@on_visible_text
 @per_message_cache(8)
 def find_emails(text: str) -> tuple[tuple[int, int, str], ...]:
     """(start, end, normalised address) of every address in `text`, own ones included."""
@@ -132,11 +136,10 @@ def find_emails(text: str) -> tuple[tuple[int, int, str], ...]:
             start = m.start(1) + (len(m.group(1)) - len(m.group(1).lstrip(".'")))
             found.append((start, m.end(), f"{local}@{domain}".lower()))
             taken.claim(m.start(), m.end())
+    # (the anchors of the windows are whole "at", "arobase" or "@" signs between whitespace or
+    # brackets, followed by a dotted domain: tabs and line breaks count as spaces)
     wins = _obfuscated_windows(folded)
     if not wins:
-        return tuple(found)
-    lowered = folded.lower()
-    if not any(tok in lowered for tok in (" at ", "[at]", "(at)", "{at}", "<at>", "arobase", " @", "@ ")):
         return tuple(found)
     for m in windowed_finditer(OBFUSCATED_EMAIL, folded, wins):
         if taken.overlaps(m.start(), m.end()):

@@ -52,6 +52,9 @@ class Attachment:
     filename: str | None
     content_type: str
     data: bytes
+    # A text file's decoded text (what the rewriter rewrote as text, and the content rules
+    # read: a .txt file, an HTML page, ...); None for other files.
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ def _collect(part: EmailMessage, parts: list[TextPart], attachments: list[Attach
         return
     data = part.get_payload(decode=True) or b""
     name = filename or ctype
-    attachments.append(Attachment(f"attachment {name}", filename, ctype, data))
+    text = decoded_text(part) if ctype.startswith("text/") else None
+    attachments.append(Attachment(f"attachment {name}", filename, ctype, data, text))
 
 
 def decoded_text(part: EmailMessage) -> str:

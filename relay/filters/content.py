@@ -3,10 +3,12 @@ promotion, tracking_pixel): where text lives in a message, how HTML is read,
 how text is normalised for matching.
 
 - `text_sources(view)` yields (location, text) for the subject, every
-  text/plain part, and every text/html part converted to the text a reader sees.
+  text/plain part and text attachment, and every text/html part or attachment
+  converted to the text a reader sees.
 - `scan_html(markup)` parses markup once (stdlib html.parser, cached) into the
   visible text, the navigation URLs (href, form action, ...) and the resources a
-  mail client would load (img src, CSS url(), background=, <link rel=stylesheet>...).
+  mail client would load (img src, CSS url(), background=, <link rel=stylesheet>...),
+  in time linear in the markup's length whatever the markup (`_parse_markup`).
 - `fold(text)` maps accented letters, typographic apostrophes and odd spaces to
   plain ASCII one character for one character, so regexes can be written in
   ASCII while match offsets still point into the original text (fragments are
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from bisect import bisect_right
 from dataclasses import dataclass, field
 from functools import lru_cache
 from html import unescape
@@ -59,10 +62,11 @@ def _build_fold_table() -> dict[int, str]:
         table[ord(ch)] = " "
     for ch in "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe63\uff0d":
         table[ord(ch)] = "-"
-    table[ord("\uff20")] = "@"  # fullwidth commercial at
-    table[ord("\uff0e")] = "."  # fullwidth full stop
-    table[ord("\u3002")] = "."  # ideographic full stop
-    table[ord("\uff0b")] = "+"
+    for cp in range(0xFF01, 0xFF5F):  # full-width ASCII: ＠ ． ＋ ０-９ ａ-ｚ ...
+        table[cp] = chr(cp - 0xFEE0)
+    for ch in "\u3002\ufe52\u2024":  # ideographic full stop, small full stop, one dot leader
+        table[ord(ch)] = "."
+    table[ord("\ufe6b")] = "@"  # small commercial at
     return table
 
 
@@ -185,6 +189,36 @@ def words_present(folded: str) -> frozenset[tuple[str, bytes]]:
         if space and hit in _WHOLE:
             found.add(("e", hit))
     return frozenset(found)
+
+
+# ---------------------------------------------------------------- invisible characters
+
+# Characters a reader does not see ("john\u200b@gmail.com" reads john@gmail.com).
+_INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200d\u2060-\u2064\ufeff]")
+
+
+def on_visible_text(finder):
+    """Decorate finder(text, *args) -> ((start, end, ...), ...) to run on the text without its
+    invisible characters: the spans it returns are mapped back to the text, so that a fragment
+    is what the seller wrote, invisible characters included (the rewriter redacts fragments by
+    finding them in the text)."""
+    def wrapper(text: str, *args):
+        if text.isascii() or not _INVISIBLE.search(text):
+            return finder(text, *args)
+        removed = [m.start() for m in _INVISIBLE.finditer(text)]
+        # the k-th removed character would have been at removed[k] - k in the visible text
+        at_visible = [pos - k for k, pos in enumerate(removed)]
+
+        def original(i: int, end: bool = False) -> int:
+            # characters removed at or before visible offset i (strictly before, for an end)
+            return i + bisect_right(at_visible, i - 1 if end else i)
+
+        return tuple((original(hit[0]), original(hit[1], end=True), *hit[2:])
+                     for hit in finder(_INVISIBLE.sub("", text), *args))
+
+    wrapper.__wrapped__ = finder
+    wrapper.__doc__ = finder.__doc__
+    return wrapper
 
 
 # ---------------------------------------------------------------- windowed matching
@@ -328,6 +362,9 @@ class HtmlScan:
     # src of images sized 0/1 px or hidden
     tiny_images: list[str] = field(default_factory=list)
     base_href: str = ""
+    # False when part of the markup could only be read as text (see _parse_markup): its links
+    # and addresses are in `text`, but the resources it may load are unknown.
+    complete: bool = True
     _targets: list[tuple[str, str, str]] | None = field(default=None, repr=False, compare=False)
 
     def targets(self) -> list[tuple[str, str, str]]:
@@ -451,8 +488,6 @@ class _Scanner(HTMLParser):
             self._text.append(data)
 
 
-_TAG_RE = re.compile(r"<[^<>]{0,10000}>")
-
 # ---- the fast path: one regex pass over well-formed markup
 #
 # _fast_scan feeds the _Scanner callbacks the events html.parser would feed them, for the
@@ -559,7 +594,63 @@ def _fast_scan(markup: str) -> HtmlScan | None:
     return scan
 
 
-@per_message_cache(4)
+# ---- the slow path: html.parser, in linear time
+#
+# html.parser (CPython 3.11.7, and every version without the fix for CVE-2025-6069) reads a
+# construct it cannot complete (an unclosed "<!--", "<![CDATA[", "</", "<?", a start tag that
+# runs to the end) only at close(): it searches for the construct's end to the end of the
+# markup, reads the construct as text up to the next '>' (or '<'), and tries again at the next
+# '<'.  A few hundred kilobytes of "<a " or "</" take minutes.  feed() alone is linear: it
+# reads every complete construct and stops at the first incomplete one.  So _parse_markup
+# feeds, does what close() does with the one incomplete construct, and feeds the rest again;
+# each round costs at most the length of what is left, and the rounds stop when they have
+# cost as much as the markup's length (plus _PARSE_SLACK): a few stray "<!--" are read
+# whole, thousands of unclosed constructs are not.  What is left then is read as text (its
+# links, addresses and phone numbers are still found) and the scan is marked incomplete,
+# since the resources it may load are unknown: tracking_pixel rejects such a part.
+_PARSE_SLACK = 1 << 20
+# html.parser 3.11 raises on "<![" without one of these keywords (later versions read it as a
+# bogus comment, like browsers); written "&lt;![", it reads as the text it is.
+_BAD_MARKED_SECTION = re.compile(
+    r"<(?=!\[(?!(?i:temp|cdata|ignore|include|rcdata|if|else|endif)(?![-_.a-zA-Z0-9]))(?!\Z))")
+
+
+def _parse_markup(markup: str) -> HtmlScan:
+    """What html.parser's feed() and close() read, in time linear in the markup's length.
+
+    Two differences, both towards seeing more: an unclosed <style> is read to the end (as
+    browsers apply it; html.parser drops it), and "<![" that html.parser 3.11 cannot parse is
+    text."""
+    sc = _Scanner()
+    if "<![" in markup:
+        markup = _BAD_MARKED_SECTION.sub("&lt;", markup)
+    budget = len(markup) + _PARSE_SLACK
+    sc.feed(markup)
+    while sc.rawdata:
+        rest, sc.rawdata = sc.rawdata, ""
+        if sc.cdata_elem:  # an unclosed <script> or <style>
+            sc.handle_data(rest)
+            break
+        if not rest.startswith("<"):  # text that ends in an incomplete character reference
+            sc.handle_data(unescape(rest))
+            break
+        budget -= len(rest)
+        if budget < 0:
+            sc._text.append(unescape(rest))
+            sc.scan.complete = False
+            break
+        # close(): the incomplete construct is text up to the next '>', else up to the next '<'
+        end = rest.find(">", 1) + 1 or rest.find("<", 1)
+        if end <= 0:
+            end = 1
+        sc.handle_data(unescape(rest[:end]))
+        sc.feed(rest[end:])
+    scan = sc.scan
+    scan.text = "".join(sc._text)
+    return scan
+
+
+@per_message_cache(8)  # (a message's HTML parts and HTML attachments, read by four filters)
 def scan_html(markup: str) -> HtmlScan:
     """Parse once; every content filter reuses the result."""
     try:
@@ -568,17 +659,12 @@ def scan_html(markup: str) -> HtmlScan:
         fast = None
     if fast is not None:
         return fast
-    scanner = _Scanner()
     try:
-        scanner.feed(markup)
-        scanner.close()
-        scan = scanner.scan
-        scan.text = "".join(scanner._text)
+        return _parse_markup(markup)
     except Exception:  # html.parser is lenient, but never let markup crash the chain
-        import html as _html
-
-        scan = HtmlScan(text=_html.unescape(_TAG_RE.sub(" ", markup)))
-    return scan
+        # Nothing of the structure is known: all of the markup is text, and nothing passes
+        # for checked.
+        return HtmlScan(text=unescape(markup), complete=False)
 
 
 # ---------------------------------------------------------------- URLs
@@ -635,21 +721,28 @@ def domain_allowed(host: str, allowed: tuple[str, ...] | list[str], relay_domain
 # ---------------------------------------------------------------- sources
 
 
+def _texts(view: MessageView) -> Iterator[tuple[str, str, str]]:
+    """(location, content type, text) of the text parts, then of the text attachments."""
+    for part in view.parts:
+        yield part.location, part.content_type, part.text
+    for att in view.attachments:
+        if att.text is not None:
+            yield att.location, att.content_type, att.text
+
+
 def text_sources(view: MessageView) -> Iterator[tuple[str, str]]:
-    """(location, text) of everything a reader sees as text."""
+    """(location, text) of everything a reader sees as text: the subject, the text parts and
+    the text attachments (a .txt file, an HTML page as the text it shows)."""
     if view.subject:
         yield "subject", view.subject
-    for part in view.parts:
-        if part.content_type == "text/html":
-            yield part.location, scan_html(part.text).text
-        else:
-            yield part.location, part.text
+    for location, ctype, text in _texts(view):
+        yield location, scan_html(text).text if ctype == "text/html" else text
 
 
 def html_scans(view: MessageView) -> Iterator[tuple[str, HtmlScan]]:
-    for part in view.parts:
-        if part.content_type == "text/html":
-            yield part.location, scan_html(part.text)
+    for location, ctype, text in _texts(view):
+        if ctype == "text/html":
+            yield location, scan_html(text)
 
 
 MAX_FINDINGS = 200

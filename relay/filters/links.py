@@ -7,7 +7,8 @@ What counts as a link:
   bundled Public Suffix List snapshot; never fetched), or a reserved test TLD
   (.example, .test, .invalid, .localhost),
 - obfuscated domains: `example[.]com`, `example(dot)com`, `example dot com`,
-  `exemple point fr`, `example . com`,
+  `exemple point fr`, `example . com` (tabs and line breaks count as spaces,
+  invisible characters as nothing, full-width letters and dots as ASCII),
 - in HTML, navigation targets in markup: `<a href>`, `<area href>`, `<base href>`,
   `<form action>`, `formaction`, `<meta http-equiv=refresh>`, plus the visible text.
   Resources the client *loads* (img src, CSS url(), background=, stylesheets)
@@ -34,8 +35,8 @@ from urllib.parse import urlsplit
 from relay.filters.addresses import find_emails
 from relay.filters.base import FROM_SELLER, FilterContext, Finding, MessageView
 from relay.filters.content import (
-    Findings, Spans, casefree, clean_url, domain_allowed, fold, html_scans, per_message_cache, split_host, text_sources,
-    token_windows, url_scheme, windowed_finditer, windows,
+    Findings, Spans, casefree, clean_url, domain_allowed, fold, html_scans, on_visible_text, per_message_cache,
+    split_host, text_sources, token_windows, url_scheme, windowed_finditer, windows,
 )
 from relay.filters.settings import FilterSettings
 
@@ -199,6 +200,7 @@ def _obf_anchors(folded: str) -> list[tuple[int, int]]:
     return sorted(spans)
 
 
+@on_visible_text
 @per_message_cache(8)
 def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
     """(start, end, host) of every link-like thing in `text` (allowlist not applied).
@@ -216,7 +218,7 @@ def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
                 continue
             found.append((m.start(), m.start() + len(url), host))
             taken.claim(m.start(), m.start() + len(url))
-    if "." not in folded and not any(tok in lowered for tok in (" dot ", " point ", "(dot)", "[dot]", "{dot}")):
+    if "." not in folded and "dot" not in lowered and "point" not in lowered and "punkt" not in lowered:
         return tuple(found)
     for start, end, _ in find_emails(text):
         taken.claim(start, end)
@@ -254,8 +256,8 @@ def find_links(text: str) -> tuple[tuple[int, int, str], ...]:
                     continue
                 host = ".".join(p.strip().lower() for p in _OBF_SPLIT.split(m.group(0)) if p.strip())
                 _, registrable, suffix = split_host(host)
-                if not suffix or not registrable:
-                    continue
+                if not suffix or not registrable or not any(c.isalpha() for c in registrable):
+                    continue  # (like a bare domain: "meet at 5 dot com" is no web address)
                 found.append((m.start(), m.end(), host))
                 taken.claim(m.start(), m.end())
     return tuple(found)

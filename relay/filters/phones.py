@@ -17,6 +17,7 @@ it would still take for a phone number is removed first, or refused after:
 
 Also flagged: tel:/sms:/callto: links in HTML, and numbers spelled out as nine or
 more digit words ("zero seven seven zero zero nine...", "zéro six un deux...").
+Tabs read as spaces, invisible characters as nothing, full-width digits as digits.
 
 Only short windows around digit runs are handed to libphonenumber, and the masks
 and the digit-run search themselves run only on the text around its digits (see
@@ -34,7 +35,8 @@ import phonenumbers
 
 from relay.filters.base import FROM_SELLER, FilterContext, Finding, MessageView
 from relay.filters.content import (
-    Findings, fold, html_scans, mask, per_message_cache, register_words, text_sources, word_bytes, words_present,
+    Findings, fold, html_scans, mask, on_visible_text, per_message_cache, register_words, text_sources, word_bytes,
+    words_present,
 )
 from relay.filters.settings import FilterSettings
 
@@ -335,9 +337,12 @@ def _may_spell_digits(folded: str) -> bool:
     return False
 
 
+@on_visible_text
 @per_message_cache(8)
 def find_phones(text: str, regions: tuple[str, ...]) -> tuple[tuple[int, int], ...]:
     folded = fold(text)
+    if "\t" in folded:  # "415<tab>555<tab>2671" reads as a number; libphonenumber takes no tabs
+        folded = folded.replace("\t", " ")
     spans = _phone_spans(folded, regions) if _DIGIT.search(folded) else []
     if not _may_spell_digits(folded):
         return tuple(spans)

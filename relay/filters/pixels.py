@@ -15,6 +15,11 @@ message tells the sender that (and where, and when) it was read:
 Embedded images (`cid:` parts of the message, `data:` URIs) are fine.  Remote
 loads are flagged even from allowed link domains: the allowlist is about where a
 buyer may click, not about who may watch the message being opened.
+
+An HTML part too broken to be read whole (content.scan_html read part of it only as
+text: pathological markup, see content._parse_markup) is reported too, with an empty
+fragment: what it would load is unknown, so it cannot pass for checked (and an empty
+fragment cannot be redacted away).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from relay.filters.settings import FilterSettings
 
 SENTENCE = ("Remote images and other web beacons are not allowed in HTML messages; attach images to the "
             "message instead of loading them from a web server, and remove linked logos and external styles.")
+UNREADABLE = ("The HTML part is too malformed to be checked for remote images and other web beacons; send "
+              "the message again from a regular mail client, or as plain text.")
 
 
 @dataclass
@@ -39,6 +46,8 @@ class TrackingPixel:
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
         out = Findings("tracking_pixel", SENTENCE)
         for location, scan in html_scans(view):
+            if not scan.complete:
+                out.add("", location, UNREADABLE)
             for _tag, _attr, value in scan.resources:
                 if is_remote(value, scan.base_href):
                     out.add(value.strip(), location)
