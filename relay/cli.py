@@ -113,7 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "serve":
         from relay.logs import configure_logging
-        from relay.server import serve
 
         configure_logging(settings.logging.level)
         _use_uvloop()

@@ -39,6 +39,10 @@ UNKNOWN_ALIAS = "550 5.1.1 No such recipient here"
 FOREIGN_DOMAIN = "550 5.7.1 Relaying denied: this server accepts mail only for its own aliases"
 NOT_AUTHORIZED = ("550 5.7.1 [sender_not_authorized] This sender may not write to this address; "
                   "write from the address registered for this order.")
+# Messages larger than this are parsed, judged and rewritten in a worker
+# thread: on the event loop, a few MiB of hostile text would hold up every
+# other session for seconds.
+OFF_LOOP_SIZE = 256 * 1024
 STORAGE_TROUBLE = "451 4.3.0 Temporary storage trouble, please try again later"
 STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 BOUNCE_PREFIX = "bounces-"
@@ -239,7 +243,10 @@ class Pipeline:
                                       critical, dry_run)
         view = MessageView(subject=result.subject, parts=tuple(result.parts), attachments=tuple(result.attachments))
         ctx = await self._context(recipient, critical, is_reply_to_buyer)
-        verdict = self.chain.run(view, ctx)
+        if len(content) > OFF_LOOP_SIZE:
+            verdict = await asyncio.get_running_loop().run_in_executor(None, self.chain.run, view, ctx)
+        else:
+            verdict = self.chain.run(view, ctx)
         if auto:
             # Recorded so the next automatic answer in this order is refused (RFC 3834 ping-pong).
             verdict = ChainResult(verdict.findings + (Finding("auto_reply", "", "header", "automatic reply"),),
@@ -520,14 +527,14 @@ def _header_block_end(content: bytes) -> int:
 
 async def _parse(content: bytes) -> EmailMessage:
     parser = BytesParser(policy=PARSE_POLICY)
-    if len(content) > 256 * 1024:
+    if len(content) > OFF_LOOP_SIZE:
         return await asyncio.get_running_loop().run_in_executor(None, parser.parsebytes, content)
     return parser.parsebytes(content)
 
 
 async def _rewrite(message: EmailMessage, parties: Parties, threading: Threading,
                    redactions: tuple[tuple[str, str], ...], size: int) -> RewriteResult:
-    if size > 256 * 1024:
+    if size > OFF_LOOP_SIZE:
         return await asyncio.get_running_loop().run_in_executor(
             None, rewrite_message, message, parties, threading, redactions)
     return rewrite_message(message, parties, threading, redactions)
