@@ -58,6 +58,7 @@ from relay.parsing import PARSE_POLICY
 from relay.passwords import verify_password
 from relay.pipeline import Outcome, Pipeline, Recipient
 from relay.sender_auth import ClientInfo
+from relay.smtpdata import DataState, read_data
 from relay.store import QueueEntry, StorageError, Store
 from relay.tasks import cancel_and_wait
 from relay.tls import server_context
@@ -358,7 +359,7 @@ class RelaySMTP(SMTP):
         self.data_started = self.data_seen = self.loop.time()
         self.data_bytes = 0
         try:
-            await super().smtp_DATA(arg)
+            await self._data(arg)
         finally:
             self.in_data = False
             d = self.daemon
@@ -368,6 +369,34 @@ class RelaySMTP(SMTP):
                     self.drop(SHUTTING_DOWN, "shutdown")
                 elif self.expire_pending:
                     self.drop(SESSION_TOO_LONG, "session_time")
+
+    async def _data(self, arg: str) -> None:
+        """aiosmtpd's DATA, with the block read in chunks (relay.smtpdata)
+        instead of a line at a time; replies and states are aiosmtpd's."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        state, content = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        if state is DataState.TOO_LONG:
+            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+        elif state is DataState.TOO_MUCH:
+            await self.push("552 Error: Too much mail data")
+        if state is not DataState.NOMINAL:
+            self._set_post_data_state()
+            return
+        if content is None:
+            return  # the client went away before the end of its data
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:
