@@ -70,7 +70,10 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
                 reader.feed_data(leftover)  # nothing is buffered behind it: read() took it all
             if state is not DataState.NOMINAL:
                 return state, None
-            return state, _unstuff(bytes(buf[2:end + 2]))
+            with memoryview(buf) as view:
+                content = bytes(view[2:end + 2])  # one copy, not a slice and then a copy
+            del buf
+            return state, _unstuff(content)
         if state is DataState.NOMINAL:
             scanned = max(0, len(buf) - (len(END) - 1))
         else:
