@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from relay.config import to_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DOMAINS = ("shop.example", "buyer.test")  # where the real parties live
 RELAY_DOMAIN = "relay.example"
@@ -289,26 +291,6 @@ def _alive(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------- relay
-
-def to_toml(config: dict[str, dict[str, Any]]) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        raise TypeError(v)
-
-    lines: list[str] = []
-    for section, body in config.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {value(v)}" for k, v in body.items()]
-        lines.append("")
-    return "\n".join(lines)
-
 
 class RelayUnderTest:
     """`python -m relay --config DIR/relay.toml serve`; its log goes to DIR/relay.log."""

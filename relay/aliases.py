@@ -28,9 +28,9 @@ ALIAS_PATTERN = re.compile(rf"[{ALIAS_ALPHABET}]{{{ALIAS_LENGTH}}}")
 
 # Operators and test suites use the reserved test names (RFC 2606, RFC 6761);
 # email-validator refuses them by default as "special use".
-_ALLOWED_SPECIAL = {"test", "invalid", "localhost", "example"}
+RESERVED_TLDS = frozenset({"test", "invalid", "localhost", "example"})
 email_validator.SPECIAL_USE_DOMAIN_NAMES[:] = [
-    d for d in email_validator.SPECIAL_USE_DOMAIN_NAMES if d not in _ALLOWED_SPECIAL
+    d for d in email_validator.SPECIAL_USE_DOMAIN_NAMES if d not in RESERVED_TLDS
 ]
 
 

@@ -9,6 +9,7 @@ default.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import typing
@@ -298,6 +299,31 @@ def parse_nameserver(key: str, value: str) -> tuple[str, int]:
     if not 0 < port < 65536:
         raise ConfigError(f"{key}: port {port} is out of range")
     return host, port
+
+
+def to_toml(config: dict[str, Any]) -> str:
+    """A configuration mapping ({section: {key: value}}) as TOML text: the
+    inverse of loading, for the tests' and the benchmark's relay processes.
+    Tables nested inside a section are written inline."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        raise TypeError(v)
+
+    lines = []
+    for section, body in config.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in body.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def settings_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Settings:

@@ -18,7 +18,6 @@ from email.message import EmailMessage
 from email.errors import (CloseBoundaryNotFoundDefect, InvalidMultipartContentTransferEncodingDefect,
                           MultipartInvariantViolationDefect, StartBoundaryNotFoundDefect,
                           UndecodableBytesDefect)
-from email.parser import BytesParser
 
 from relay.aliases import AddressError, looks_like_alias, normalize_address, split_address
 from relay.config import Settings
@@ -26,7 +25,7 @@ from relay.filters.base import (BUYER_TO_SELLER, SELLER_TO_BUYER, FilterContext,
                                 is_critical, text_fingerprint)
 from relay.filters.chain import Chain, ChainResult, rejection_reply
 from relay.logs import get_logger
-from relay.parsing import PARSE_POLICY
+from relay.parsing import parse_message
 from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, clean_header_text,
                            header_text, message_ids_in, new_message_id, rewrite_message)
 from relay.sender_auth import AuthResult, ClientInfo, SenderAuth
@@ -402,8 +401,8 @@ class Pipeline:
                     out.append(mapped)
             return out
 
-        in_reply_to = await translate(message_ids_in(_header_str(message, "In-Reply-To")))
-        references = await translate(message_ids_in(_header_str(message, "References")))
+        in_reply_to = await translate(message_ids_in(header_text(message, "In-Reply-To")))
+        references = await translate(message_ids_in(header_text(message, "References")))
         if in_reply_to and not references:
             references = list(in_reply_to)
         return Threading(relay_id, tuple(in_reply_to[:1]), tuple(references[-20:])), is_reply_to_buyer
@@ -526,10 +525,9 @@ def _header_block_end(content: bytes) -> int:
 
 
 async def _parse(content: bytes) -> EmailMessage:
-    parser = BytesParser(policy=PARSE_POLICY)
     if len(content) > OFF_LOOP_SIZE:
-        return await asyncio.get_running_loop().run_in_executor(None, parser.parsebytes, content)
-    return parser.parsebytes(content)
+        return await asyncio.get_running_loop().run_in_executor(None, parse_message, content)
+    return parse_message(content)
 
 
 async def _rewrite(message: EmailMessage, parties: Parties, threading: Threading,
@@ -634,13 +632,6 @@ def _header_from_domain(message: EmailMessage) -> str:
 def _safe_subject(message: EmailMessage) -> str:
     try:
         return clean_header_text(header_text(message, "Subject"))[:900]
-    except Exception:
-        return ""
-
-
-def _header_str(message: EmailMessage, name: str) -> str:
-    try:
-        return str(message.get(name, "") or "")
     except Exception:
         return ""
 

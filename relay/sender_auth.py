@@ -42,6 +42,7 @@ import dns.resolver
 import spf
 import tldextract
 
+from relay.aliases import RESERVED_TLDS
 from relay.config import SenderAuthSection, parse_nameserver
 
 # Signatures whose d= is aligned with From and that are verified, at most: a
@@ -174,8 +175,6 @@ class AuthResult:
 # every other.
 _TLD_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True,
                                      include_psl_private_domains=True)
-# Reserved names (RFC 2606/6761) that operators and test suites use as suffixes.
-_RESERVED_TLDS = frozenset({"example", "test", "invalid", "localhost"})
 
 
 def canonical_domain(domain: str) -> str:
@@ -195,7 +194,7 @@ def organizational_domain(domain: str) -> str:
     labels (the PSL's default rule `*`)."""
     domain = canonical_domain(domain)
     labels = domain.split(".")
-    if len(labels) >= 2 and labels[-1] in _RESERVED_TLDS:
+    if len(labels) >= 2 and labels[-1] in RESERVED_TLDS:
         return ".".join(labels[-2:])
     ext = _TLD_EXTRACT(domain)
     if ext.suffix and ext.domain:

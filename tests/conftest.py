@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
+from relay.config import to_toml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -115,29 +117,6 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         else:
             out[key] = value
     return out
-
-
-def to_toml(config: dict[str, Any]) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
-        raise TypeError(v)
-
-    lines = []
-    for section, body in config.items():
-        lines.append(f"[{section}]")
-        for k, v in body.items():
-            lines.append(f"{k} = {value(v)}")
-        lines.append("")
-    return "\n".join(lines)
 
 
 class RelayProcess:

@@ -9,6 +9,7 @@ are pure: everything they need from the store is precomputed into the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -75,7 +76,11 @@ class MessageView:
         return cls(subject=str(message.get("Subject", "") or ""), parts=tuple(parts), attachments=tuple(attachments))
 
     def plain_text(self) -> str:
-        return "\n".join(p.text for p in self.parts if p.content_type == "text/plain")
+        return plain_text(self.parts)
+
+
+def plain_text(parts: tuple[TextPart, ...]) -> str:
+    return "\n".join(p.text for p in parts if p.content_type == "text/plain")
 
 
 def _collect(part: EmailMessage, parts: list[TextPart], attachments: list[Attachment], depth: int) -> None:
@@ -145,9 +150,17 @@ def text_fingerprint(view: MessageView) -> str:
     """A fingerprint of the message's words: case, accents, whitespace,
     punctuation and quoted lines do not change it, so re-sending the same text
     with cosmetic edits is still recognised as a duplicate."""
-    text = view.plain_text()
+    return _parts_fingerprint(view.parts)
+
+
+# The `duplicate` rule and the audit record both want the fingerprint of the
+# same text, one right after the other: computed once (one entry: a message's
+# text is not kept past the next one).
+@functools.lru_cache(maxsize=1)
+def _parts_fingerprint(parts: tuple[TextPart, ...]) -> str:
+    text = plain_text(parts)
     if not text.strip():
-        text = "\n".join(p.text for p in view.parts)
+        text = "\n".join(p.text for p in parts)
     lines = [line for line in text.splitlines() if not line.lstrip().startswith(">")]
     norm = unicodedata.normalize("NFKD", " ".join(lines)).casefold()
     words = re.findall(r"\w+", norm)

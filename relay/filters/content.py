@@ -40,6 +40,7 @@ from typing import Iterator
 
 import tldextract
 
+from relay.aliases import RESERVED_TLDS  # (RFC 2606/6761) used by operators and test suites as real domains
 from relay.filters.base import Finding, MessageView
 
 # ---------------------------------------------------------------- folding
@@ -781,8 +782,6 @@ class Findings:
 
 # The bundled Public Suffix List snapshot only: never fetch, never write a cache.
 _TLD_EXTRACT = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None, fallback_to_snapshot=True)
-# Reserved names (RFC 2606/6761) that operators and test suites use as real domains.
-RESERVED_TLDS = frozenset({"example", "test", "invalid", "localhost"})
 
 
 @lru_cache(maxsize=4096)

@@ -434,17 +434,24 @@ def _skip_class(s: str, i: int) -> int:
     return j + 1
 
 
-def _split_top(s: str) -> list[str]:
-    """s split at its top-level '|'."""
-    parts, depth, start, i = [], 0, 0, 0
+def _tokens(s: str, i: int = 0):
+    """(index, character) of the regex source s from i, with escapes and
+    character classes skipped whole: what is left is the structure."""
     while i < len(s):
         c = s[i]
         if c == "\\":
             i += 2
-            continue
-        if c == "[":
+        elif c == "[":
             i = _skip_class(s, i)
-            continue
+        else:
+            yield i, c
+            i += 1
+
+
+def _split_top(s: str) -> list[str]:
+    """s split at its top-level '|'."""
+    parts, depth, start = [], 0, 0
+    for i, c in _tokens(s):
         if c == "(":
             depth += 1
         elif c == ")":
@@ -452,7 +459,6 @@ def _split_top(s: str) -> list[str]:
         elif c == "|" and depth == 0:
             parts.append(s[start:i])
             start = i + 1
-        i += 1
     parts.append(s[start:])
     return parts
 
@@ -460,18 +466,11 @@ def _split_top(s: str) -> list[str]:
 def _group_end(s: str, i: int) -> int:
     """Index after the ')' closing the group opened at s[i]."""
     depth = 0
-    while True:
-        c = s[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "[":
-            i = _skip_class(s, i)
-            continue
+    for i, c in _tokens(s, i):
         depth += (c == "(") - (c == ")")
-        i += 1
         if depth == 0:
-            return i
+            return i + 1
+    raise ValueError(f"unbalanced group in {s!r}")
 
 
 _QUANTIFIER = re.compile(r"\{(\d+)(?:,(\d*))?\}")
