@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 from typing import Any, Sequence
 
@@ -134,31 +135,32 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve_processes(settings: Settings, config_path: str | None) -> int:
     """One process per listen.workers, forked before any event loop or
     thread exists.  They share the listening ports with SO_REUSEPORT and the
-    store through SQLite; only the first (this one) delivers, woken through
-    a pipe when another one queued a message."""
+    store through SQLite; each delivers what it accepted (relay.delivery).
+    Delivery claims left by a process that was killed are dropped first, so
+    its messages go out now rather than a lease later."""
     from relay.server import serve
+    from relay.store import release_all_claims
 
+    try:
+        release_all_claims(settings.store.path, settings.store.busy_timeout)
+    except (sqlite3.Error, OSError):
+        pass  # the daemon's own open of the store says what is wrong
     if settings.listen.workers <= 1:
         return _run(serve(settings, config_path))
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(read_fd, False)
-    os.set_blocking(write_fd, False)
     children: list[int] = []
     for _ in range(settings.listen.workers - 1):
         pid = os.fork()
         if pid == 0:  # an acceptor
-            os.close(read_fd)
             os.environ.pop("NOTIFY_SOCKET", None)  # only the primary talks to systemd
             os.environ.pop("WATCHDOG_USEC", None)
             _die_with_parent()
             code = 1
             try:
-                code = _run(serve(settings, config_path, role="acceptor", wake_fd=write_fd))
+                code = _run(serve(settings, config_path, role="acceptor"))
             finally:
                 os._exit(code)
         children.append(pid)
-    os.close(write_fd)
-    return _run(serve(settings, config_path, role="primary", wake_fd=read_fd, workers=children))
+    return _run(serve(settings, config_path, role="primary", workers=children))
 
 
 def _die_with_parent() -> None:

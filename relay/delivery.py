@@ -26,7 +26,7 @@ import aiosmtplib
 from relay.config import Settings, parse_hostport
 from relay.logs import get_logger
 from relay.tasks import cancel_and_wait
-from relay.store import QueueEntry, StorageError, Store
+from relay.store import CLAIM_LEASE, QueueEntry, StorageError, Store
 
 _SAFE_ADDRESS = re.compile(r"[^\s<>\r\n\0]*")
 
@@ -63,13 +63,20 @@ def failure_notice(settings: Settings, to: str, alias: str) -> bytes:
 
 
 class Delivery:
-    """Scans the queue for due entries and delivers them with a few workers."""
+    """Delivers what this process accepted, from memory, and scans the queue
+    for the rest (retries, notices, what a dead process had taken).
+
+    Every entry it works on is claimed in the store under `owner` (see
+    relay.store.CLAIM_LEASE), so with several worker processes each one
+    delivers its own messages and no two send the same entry.  The claims
+    are renewed while entries wait or are sent, and given back on stop."""
 
     def __init__(self, settings: Settings, store: Store, clock=time.time):
         self.settings = settings
         self.store = store
         self.clock = clock
         self.log = get_logger()
+        self.owner = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
         # Handed over to the next hop, but the store could not record it yet
@@ -83,9 +90,8 @@ class Delivery:
         self._wake.set()
 
     def submit(self, entry: QueueEntry, data: bytes) -> None:
-        """A message just committed: deliver it now, from memory.  The queue
-        scan would find it as well, one query and one read of its bytes later;
-        `_in_flight` keeps the two from sending it twice."""
+        """A message just committed, claimed by `owner`: deliver it now, from
+        memory (no query, no read of its bytes)."""
         if entry.id in self._in_flight:
             return
         self._in_flight.add(entry.id)
@@ -97,7 +103,7 @@ class Delivery:
     async def start(self) -> None:
         n = max(1, self.settings.delivery.connections)
         self._clients = [None] * n
-        self._tasks = [asyncio.create_task(self._scan_loop())]
+        self._tasks = [asyncio.create_task(self._scan_loop()), asyncio.create_task(self._renew_loop())]
         self._tasks += [asyncio.create_task(self._worker(i)) for i in range(n)]
 
     async def stop(self) -> None:
@@ -108,22 +114,20 @@ class Delivery:
                     client.close()
                 except Exception:
                     pass
-
-    async def run_once(self) -> int:
-        """Deliver everything due now (used by tests and `queue retry`)."""
-        due = await self.store.queue_due(self.clock(), limit=1000)
-        for entry in due:
-            await self._deliver(entry, 0)
-        return len(due)
+        # Entries taken but not sent go back to the queue at once, for the
+        # next start or another worker process (not a lease later).
+        try:
+            await self.store.release_claims(self.owner, self._in_flight)
+        except StorageError:
+            pass
 
     async def _scan_loop(self) -> None:
         while True:
             try:
                 await self._record_delivered()
-                due = await self.store.queue_due(self.clock(), limit=200,
-                                                 exclude=self._in_flight | self._unrecorded)
+                due = await self.store.queue_claim(self.owner, self.clock(), limit=200,
+                                                   exclude=self._in_flight | self._unrecorded)
                 for entry in due:
-                    # A message submitted since the query was sent is on its way already.
                     if entry.id not in self._in_flight:
                         self._in_flight.add(entry.id)
                         self._work.put_nowait((entry, None))
@@ -134,6 +138,16 @@ class Delivery:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+
+    async def _renew_loop(self) -> None:
+        """Keep the claims on entries this process holds (waiting, being
+        sent, or sent but not yet recorded) from running out."""
+        while True:
+            await asyncio.sleep(CLAIM_LEASE / 4)
+            try:
+                await self.store.renew_claims(self.owner, self._in_flight | self._unrecorded)
+            except StorageError as exc:
+                self.log.warning("delivery.error", error="claim renewal failed", detail=str(exc)[:200])
 
     async def _worker(self, slot: int) -> None:
         while True:
@@ -146,7 +160,6 @@ class Delivery:
                 self.log.error("delivery.error", queue_id=entry.id, error=type(exc).__name__)
             finally:
                 self._in_flight.discard(entry.id)
-                self._wake.set()
 
     async def _deliver(self, entry: QueueEntry, slot: int, data: bytes | None = None) -> None:
         if data is None:

@@ -111,7 +111,7 @@ class SenderAuthDeferred(Exception):
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, store: Store, on_queued=None):
+    def __init__(self, settings: Settings, store: Store, on_queued=None, claim_owner: str | None = None):
         self.settings = settings
         self.store = store
         self.chain = Chain(settings.filters)
@@ -119,6 +119,9 @@ class Pipeline:
         # Told of every queue entry committed: (entry, bytes) for a relayed
         # message, so delivery can start from memory; () for notices.
         self.on_queued = on_queued or (lambda *queued: None)
+        # The deliverer that takes relayed messages from on_queued: their
+        # queue entries are committed already claimed by it (relay.delivery).
+        self.claim_owner = claim_owner
         self.log = get_logger()
 
     def reconfigure(self, settings: Settings) -> None:
@@ -334,7 +337,8 @@ class Pipeline:
         audit_id, entry = await self.store.accept_message(
             record, relay_id, original_ids[0] if original_ids else None,
             mail_from=f"{BOUNCE_PREFIX}{token}@{self.settings.relay.domain}", rcpt_to=rcpt_to,
-            bounce_token=token, notify=_normalized_or_none(mail_from), notify_alias=recipient.address)
+            bounce_token=token, notify=_normalized_or_none(mail_from), notify_alias=recipient.address,
+            claim_owner=self.claim_owner)
         self.on_queued(entry, result.data)
         return Outcome(ACCEPTED.format(audit_id=audit_id), "accepted", audit_id, list(verdict.findings),
                        critical, result.data)

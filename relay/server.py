@@ -790,14 +790,13 @@ def _server_tls(settings: Settings):
 class RelayDaemon:
     """Store, pipeline, delivery and listeners, started and stopped together."""
 
-    def __init__(self, settings: Settings, config_path: str | None = None, role: str = "primary",
-                 wake_fd: int | None = None):
+    def __init__(self, settings: Settings, config_path: str | None = None, role: str = "primary"):
         self.settings = settings
         self.config_path = config_path
-        # "primary" delivers and serves metrics; an "acceptor" (listen.workers
-        # > 1) only takes mail and wakes the primary's delivery through wake_fd.
+        # Every process takes mail and delivers what it took (relay.delivery
+        # claims keep two from sending one entry); only the "primary" serves
+        # metrics.  The others (listen.workers > 1) are "acceptor"s.
         self.role = role
-        self.wake_fd = wake_fd
         self.log = get_logger()
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
@@ -829,7 +828,7 @@ class RelayDaemon:
         self.tls_context = _server_tls(s)
         self.store = await Store.open(s.store.path, s.store.busy_timeout)
         self.delivery = Delivery(s, _DeliveryStore(self.store, self._delivery_outcome))  # type: ignore[arg-type]
-        self.pipeline = Pipeline(s, self.store, on_queued=self._queued)
+        self.pipeline = Pipeline(s, self.store, on_queued=self._queued, claim_owner=self.delivery.owner)
         self.handler = RelayHandler(self.pipeline, self)
         self.server = await self._listen("listen.mx", s.listen.mx, lambda: self._protocol("mx"))
         if s.listen.submission:
@@ -842,10 +841,7 @@ class RelayDaemon:
             except OSError as exc:
                 raise StartError(f"cannot listen on metrics.listen {s.metrics.listen}: {exc.strerror or exc}") \
                     from None
-        if self.role == "primary":
-            await self.delivery.start()
-            if self.wake_fd is not None:
-                asyncio.get_running_loop().add_reader(self.wake_fd, self._woken_by_acceptor)
+        await self.delivery.start()
         await self._refresh_queue_stats()
         self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
         self.ready = True
@@ -894,25 +890,11 @@ class RelayDaemon:
 
     def _queued(self, entry: QueueEntry | None = None, data: bytes | None = None) -> None:
         assert self.delivery is not None
-        if self.role == "primary":
-            if entry is not None and data is not None:
-                self.delivery.submit(entry, data)
-            else:
-                self.delivery.wake()
-        elif self.wake_fd is not None:
-            try:
-                os.write(self.wake_fd, b"q")  # the primary delivers; a full pipe already means "wake"
-            except (BlockingIOError, OSError):
-                pass
-        self._stats_due.set()
-
-    def _woken_by_acceptor(self) -> None:
-        try:
-            os.read(self.wake_fd, 4096)  # type: ignore[arg-type]
-        except (BlockingIOError, OSError):
-            pass
-        if self.delivery is not None:
+        if entry is not None and data is not None:
+            self.delivery.submit(entry, data)
+        else:
             self.delivery.wake()
+        self._stats_due.set()
 
     def _delivery_outcome(self, outcome: str) -> None:
         self.metrics.delivery(outcome)
@@ -1047,8 +1029,6 @@ class RelayDaemon:
                 session.drop(SHUTTING_DOWN, "shutdown")
         if self.delivery is not None:
             await self.delivery.stop()
-        if self.wake_fd is not None and self.role == "primary":
-            asyncio.get_running_loop().remove_reader(self.wake_fd)
         if self.metrics_server is not None:
             self.metrics_server.close()
         await cancel_and_wait(self._tasks)
@@ -1075,10 +1055,10 @@ def _address_of(server: asyncio.AbstractServer | None) -> str | None:
 
 
 async def serve(settings: Settings, config_path: str | None = None, role: str = "primary",
-                wake_fd: int | None = None, workers: list[int] | None = None) -> int:
+                workers: list[int] | None = None) -> int:
     """Run one daemon process until SIGTERM.  With listen.workers > 1 the
     primary also forwards SIGTERM and SIGHUP to its acceptor processes."""
-    daemon = RelayDaemon(settings, config_path, role, wake_fd)
+    daemon = RelayDaemon(settings, config_path, role)
     workers = workers or []
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.

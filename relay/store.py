@@ -39,6 +39,13 @@ T = TypeVar("T")
 # every message paid for page reads from the OS.
 CACHE_SIZE = -32768
 
+# How long a delivery claim on a queue entry lasts.  The process that holds
+# it renews it while the entry waits or is being sent (relay.delivery), so
+# the lease only runs out when that process died: another one then takes the
+# entry over, at most this long after the death.  A restarted service drops
+# every claim at once (`release_all_claims`).
+CLAIM_LEASE = 120.0
+
 MIGRATIONS: list[str] = [
     # 1: initial schema
     """
@@ -121,6 +128,12 @@ MIGRATIONS: list[str] = [
         hash TEXT NOT NULL,               -- scrypt$n$r$p$salt$hash
         updated_at TEXT NOT NULL
     );
+    """,
+    # 3: delivery claims, so that every worker process delivers what it took
+    # (from memory) and scans for the rest without two of them sending one entry
+    """
+    ALTER TABLE queue ADD COLUMN claimed_by TEXT;
+    ALTER TABLE queue ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0;
     """,
 ]
 
@@ -543,11 +556,14 @@ class Store:
 
     async def accept_message(self, record: AuditRecord, relay_id: str, original_id: str | None,
                              mail_from: str, rcpt_to: str, bounce_token: str, notify: str | None,
-                             notify_alias: str | None, kind: str = "relay") -> tuple[int, QueueEntry]:
+                             notify_alias: str | None, kind: str = "relay",
+                             claim_owner: str | None = None) -> tuple[int, QueueEntry]:
         """Commit audit row + Message-ID mapping + queue entry together.
 
         Returns (audit id, the queue entry) once durable; only then may the
-        SMTP layer answer 250.
+        SMTP layer answer 250.  With `claim_owner` the entry is committed
+        already claimed by that deliverer, which sends it from memory: no
+        other process's queue scan takes it while the claim lasts.
         """
 
         def work(db: sqlite3.Connection) -> tuple[int, QueueEntry]:
@@ -558,10 +574,13 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?)",
                     (relay_id, original_id, record.order_id, record.direction, audit_id))
             now = time.time()
+            claimed_until = now + CLAIM_LEASE if claim_owner else 0.0
             cur = db.execute(
                 "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, "
-                "state, created_at, next_attempt, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)",
-                (audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, now, now, now))
+                "state, created_at, next_attempt, updated_at, claimed_by, claimed_until) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, now, now, now,
+                 claim_owner, claimed_until))
             return audit_id, QueueEntry(cur.lastrowid, audit_id, kind, mail_from, rcpt_to, "queued", 0, now, now,
                                         None, notify, notify_alias)
 
@@ -605,23 +624,59 @@ class Store:
         return [_queue_entry(r) for r in rows]
 
     async def queue_due(self, now: float, limit: int = 100, exclude: Iterable[int] = ()) -> list[QueueEntry]:
-        """Entries due for delivery.
-
-        Read through the writer, in its queue of transactions: under load the
-        reader connection was seen (bench, smtp-source at 50 sessions) to
-        return an entry as still queued right after its delivery had been
-        committed, and it was sent twice.  The writer always sees its own
-        commits, and a read-only transaction costs no fsync."""
-        skip = tuple(exclude)
-        sql = "SELECT * FROM queue WHERE state IN ('queued', 'deferred') AND next_attempt <= ?"
-        if skip:
-            sql += f" AND id NOT IN ({','.join('?' * len(skip))})"
-        sql += " ORDER BY next_attempt LIMIT ?"
+        """Entries due for delivery and claimed by nobody, read through the
+        writer (see `queue_claim`), without claiming them."""
+        sql, params = _due_query(now, limit, exclude)
 
         def work(db: sqlite3.Connection) -> list[QueueEntry]:
-            return [_queue_entry(r) for r in db.execute(sql, (now, *skip, limit)).fetchall()]
+            return [_queue_entry(r) for r in db.execute(sql, params).fetchall()]
 
         return await self.transact(work)
+
+    async def queue_claim(self, owner: str, now: float, limit: int = 100,
+                          exclude: Iterable[int] = ()) -> list[QueueEntry]:
+        """Claim up to `limit` due entries for `owner` and return them.
+
+        One write transaction finds and claims them, so two worker processes
+        scanning at once never take the same entry.  It runs in the writer,
+        which always sees its own commits: the reader connection was once
+        seen (bench, 50 sessions) to return an entry as still queued right
+        after its delivery had been committed, and it was sent twice."""
+        sql, params = _due_query(now, limit, exclude)
+
+        def work(db: sqlite3.Connection) -> list[QueueEntry]:
+            entries = [_queue_entry(r) for r in db.execute(sql, params).fetchall()]
+            if entries:
+                db.executemany("UPDATE queue SET claimed_by = ?, claimed_until = ? WHERE id = ?",
+                               [(owner, now + CLAIM_LEASE, e.id) for e in entries])
+            return entries
+
+        return await self.transact(work)
+
+    async def renew_claims(self, owner: str, entry_ids: Iterable[int]) -> None:
+        """Extend `owner`'s claims on entries it still holds."""
+        ids = list(entry_ids)
+        if not ids:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            until = time.time() + CLAIM_LEASE
+            db.executemany("UPDATE queue SET claimed_until = ? WHERE id = ? AND claimed_by = ?",
+                           [(until, i, owner) for i in ids])
+
+        await self.transact(work)
+
+    async def release_claims(self, owner: str, entry_ids: Iterable[int]) -> None:
+        """Give entries back to the queue scan (a deliverer that stops)."""
+        ids = list(entry_ids)
+        if not ids:
+            return
+
+        def work(db: sqlite3.Connection) -> None:
+            db.executemany("UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE id = ? AND claimed_by = ?",
+                           [(i, owner) for i in ids])
+
+        await self.transact(work)
 
     async def queue_message(self, entry_id: int) -> bytes | None:
         row = await self._read_one(
@@ -669,8 +724,8 @@ class Store:
         def work(db: sqlite3.Connection) -> None:
             now = time.time()
             db.execute(
-                "UPDATE queue SET state = 'failed', last_error = ?, attempts = attempts + 1, updated_at = ? "
-                "WHERE id = ?", (error, now, entry_id))
+                "UPDATE queue SET state = 'failed', last_error = ?, attempts = attempts + 1, updated_at = ?, "
+                "claimed_by = NULL, claimed_until = 0 WHERE id = ?", (error, now, entry_id))
             if notice is not None:
                 mail_from, rcpt_to, message = notice
                 db.execute(
@@ -685,7 +740,7 @@ class Store:
             now = time.time()
             db.execute(
                 "UPDATE queue SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ?, "
-                "next_attempt = COALESCE(?, next_attempt) WHERE id = ?",
+                "next_attempt = COALESCE(?, next_attempt), claimed_by = NULL, claimed_until = 0 WHERE id = ?",
                 (state, error, now, next_attempt, entry_id))
 
         await self.transact(work)
@@ -704,6 +759,32 @@ def _insert_audit(db: sqlite3.Connection, r: AuditRecord) -> int:
          json.dumps(r.findings), int(r.critical), int(r.unsolicited), int(r.to_opted_out), r.subject,
          r.fingerprint, r.inbound, r.outbound))
     return cur.lastrowid
+
+
+def _due_query(now: float, limit: int, exclude: Iterable[int]) -> tuple[str, tuple]:
+    skip = tuple(exclude)
+    sql = ("SELECT * FROM queue WHERE state IN ('queued', 'deferred') AND next_attempt <= ? "
+           "AND claimed_until <= ?")
+    if skip:
+        sql += f" AND id NOT IN ({','.join('?' * len(skip))})"
+    return sql + " ORDER BY next_attempt LIMIT ?", (now, now, *skip, limit)
+
+
+def release_all_claims(path: str, busy_timeout: float = 10.0) -> int:
+    """Drop every delivery claim in the store at `path`: called once as the
+    service starts, before any of its processes delivers, so that messages a
+    killed process had taken are sent at once and not a lease later.  Returns
+    how many claims there were; a store that does not exist yet has none."""
+    if not Path(path).exists():
+        return 0
+    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    try:
+        _configure_writer(conn, busy_timeout)
+        _migrate(conn)
+        return conn.execute(
+            "UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE claimed_until > 0").rowcount
+    finally:
+        conn.close()
 
 
 def _order(row: sqlite3.Row) -> Order:

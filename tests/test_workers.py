@@ -1,5 +1,5 @@
-"""listen.workers: several processes share the MX port (SO_REUSEPORT); the
-first delivers what any of them accepted; SIGTERM stops them all."""
+"""listen.workers: several processes share the MX port (SO_REUSEPORT); each
+delivers what it accepted, none sends a message twice; SIGTERM stops them all."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import smtplib
 import aiosmtplib
 
 from conftest import free_port
+from test_durability_and_delivery import queue
 
 
 def child_pids(pid: int) -> list[int]:
@@ -42,6 +43,8 @@ async def test_two_workers_accept_and_deliver_everything(relay_factory, sink):
     rows = relay.audit("o1")
     assert len(rows) == count and all(r["verdict"] == "accepted" for r in rows)
     assert await relay.stop(timeout=60) == 0
+    assert len(sink.messages) == count  # nothing sent twice by the two deliverers
+    assert {e["state"] for e in queue(relay)} == {"delivered"}
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
