@@ -521,6 +521,11 @@ class RelayHandler:
         # item on its own, a send() per line.
         return ["\r\n".join(responses)]
 
+    # aiosmtpd runs inspect.signature() on this hook for every connection
+    # (to tell its two EHLO hook forms apart); a precomputed __signature__
+    # spares that walk (see _dispatch_names).
+    handle_EHLO.__signature__ = inspect.signature(handle_EHLO)  # type: ignore[attr-defined]
+
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
         guarded = isinstance(server, RelaySMTP) and server.daemon is not None
@@ -872,7 +877,8 @@ class RelayDaemon:
                          data_size_limit=lim.message_size, enable_SMTPUTF8=False, decode_data=False,
                          timeout=lim.command_timeout, tls_context=self.tls_context,
                          require_starttls=submission and self.tls_context is not None,
-                         auth_required=submission, auth_require_tls=True, command_call_limit=calls)
+                         auth_required=submission, auth_require_tls=True, command_call_limit=calls,
+                         loop=asyncio.get_running_loop())  # else aiosmtpd looks it up under catch_warnings
 
     @property
     def port(self) -> int:
