@@ -37,5 +37,20 @@ def test_long_values_are_not_cached():
     parsing._parsed.cache_clear()
     assert len(str(message["X-Long"])) > parsing.CACHED_VALUE_LENGTH
     assert parsing._parsed.cache_info().currsize == 0
-    message["Subject"]
+    message["Content-Type"]
     assert parsing._parsed.cache_info().currsize == 1
+
+
+def test_values_new_in_every_message_do_not_push_out_the_repeating_ones():
+    parsing._parsed.cache_clear()
+    parsing._parsed_unique.cache_clear()
+    first = parsing.parse_message(MESSAGE)
+    content_type = first["Content-Type"]
+    for n in range(parsing.CACHE_ENTRIES + 10):
+        other = parsing.parse_message(MESSAGE.replace(b"m1@shop", f"n{n}@shop".encode())
+                                      .replace(b"Caf=C3=A9", f"Caf=C3=A9 {n}".encode()))
+        assert other["Message-ID"] == f"<n{n}@shop.example>" and other["Subject"] == f"Café {n} order"
+        assert other["Date"] is None
+    assert parsing._parsed.cache_info().currsize == 1
+    assert parsing._parsed_unique.cache_info().currsize == parsing.UNIQUE_CACHE_ENTRIES
+    assert parsing.parse_message(MESSAGE)["Content-Type"] is content_type  # still cached
