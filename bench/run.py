@@ -585,7 +585,7 @@ class Bench:
         report = {"mode": mode, "started_utc": self.stamp, "seconds": round(time.monotonic() - started, 1),
                   "command": "python bench/run.py" + (" --quick" if self.quick else "")
                   + (" --profile" if self.args.profile else "")
-                  + (f" --workers {self.args.workers}" if self.args.workers > 1 else ""),
+                  + (f" --workers {self.args.workers}" if self.args.workers != os.cpu_count() else ""),
                   "relay_workers": self.args.workers,
                   "machine": info, "runs": self.runs, **self.extra}
         report["summary"] = summarize(self.runs)
@@ -778,7 +778,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile-seconds", type=int, default=40)
     p.add_argument("--only", nargs="+", choices=["throughput", "mixed", "large", "idle", "scale"])
     p.add_argument("--sessions", nargs="+", type=int, default=[1, 10, 50])
-    p.add_argument("--workers", type=int, default=1, help="the relay's listen.workers (processes); default 1")
+    p.add_argument("--workers", type=int, default=0,
+                   help="the relay's listen.workers (processes); default: one per CPU, as an operator would "
+                        "set it (Postfix, too, runs its smtpd, cleanup, qmgr and smtp processes on every CPU)")
     p.add_argument("--scale-orders", type=int, default=500_000, help="orders in the big stores (2 aliases each)")
     p.add_argument("--reps", type=int, default=0, help="repetitions per run (default: 1 quick, 2 full)")
     p.add_argument("--out", default=str(BENCH / "results"))
@@ -787,6 +789,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="rewrite the table in bench/README.md after a --quick run too (full runs always do)")
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, stores, Postfix)")
     args = p.parse_args(argv)
+    args.workers = args.workers or os.cpu_count() or 1
     missing = [t for t in ("smtp-source", "smtp-sink", "postfix", "postconf") if not shutil.which(t)]
     if missing:
         print(f"run.py: missing {', '.join(missing)}: apt-get install postfix (preseed 'No configuration')",
@@ -800,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tags = ("-quick" if args.quick else "") + ("-profile" if args.profile else "") + \
-        (f"-workers{args.workers}" if args.workers > 1 else "")
+        (f"-workers{args.workers}" if args.workers != os.cpu_count() else "")
     path = out / f"{report['started_utc']}{tags}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     log(f"results: {path}")
