@@ -29,8 +29,8 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import timezone
 from email import policy
-from email.message import EmailMessage
-from email.utils import formataddr, getaddresses
+from email.message import EmailMessage, _formatparam  # the stdlib's own parameter quoting
+from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 
 from relay.filters.attachments import declared_kind, sniff
 from relay.filters.base import Attachment, TextPart
@@ -262,6 +262,25 @@ def clean_header_text(value: str) -> str:
 _PLAIN_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
+_PARAMETER_NAME = re.compile(r"[a-z0-9!#$&^_.+\-]+")
+
+
+def set_params(holder: EmailMessage, name: str, main: str, params: list[tuple[str, str]]) -> None:
+    """`holder[name] = main`, then `holder.set_param(key, value, header=name)`
+    for each parameter, with the same result (tests/test_rewrite.py checks it
+    against the stdlib): one header parse instead of about five per
+    parameter, which made this a tenth of the rewrite's time.  A repeated
+    name (set_param replaces in place) and a non-ASCII value (set_param
+    re-reads the RFC 2231 encoding it wrote) take the stdlib's own path."""
+    names = [key.lower() for key, _ in params]
+    if len(set(names)) != len(names) or main.lower() in names or not all(value.isascii() for _, value in params):
+        holder[name] = main
+        for key, value in params:
+            holder.set_param(key, value, header=name)
+        return
+    holder[name] = "; ".join([main] + [_formatparam(key, value, True) for key, value in params])
+
+
 def _header_line(name: str, value: str) -> bytes:
     value = clean_header_text(value)
     # Fast path for the common case (most headers, every message): short
@@ -353,18 +372,17 @@ class _Writer:
             if main not in ("inline", "attachment"):  # RFC 2183 knows these two; junk never passes
                 main = "attachment"
             params = source.get_params(header=name) or []
-        holder[name] = main
+        kept: list[tuple[str, str]] = []
         for key, value in params[1:]:
             key = clean_header_text(str(key)).lower()
             # (no real parameter name is long; the stdlib's folder loops forever on one of 65+
             # characters, CPython 3.11.7: fuzz regression long-parameter-name)
-            if not key or len(key) > MAX_PARAMETER_NAME or not re.fullmatch(r"[a-z0-9!#$&^_.+\-]+", key):
+            if not key or len(key) > MAX_PARAMETER_NAME or not _PARAMETER_NAME.fullmatch(key):
                 continue
             if isinstance(value, tuple):  # RFC 2231 (charset, language, value)
-                from email.utils import collapse_rfc2231_value
                 value = collapse_rfc2231_value(value)
-            text = clean_header_text(self.scrub_text(str(value)))
-            holder.set_param(key, text, header=name)
+            kept.append((key, clean_header_text(self.scrub_text(str(value)))))
+        set_params(holder, name, main, kept)
 
     def _multipart(self, part: EmailMessage, depth: int) -> tuple[list[bytes], bytes]:
         children: list[tuple[list[bytes], bytes]] = []
