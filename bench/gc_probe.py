@@ -5,7 +5,8 @@ temporary store, delivering to Postfix's `smtp-sink`, and drives it with
 bench/loadgen.py from a separate process (S sessions, 2 KB buyer messages,
 one connection each).  A `gc.callbacks` hook times every collection of the
 relay's process.  Prints, per generation, how many collections ran, their
-total and longest wall time, then the transactions' p50/p99 latency.
+total and longest wall time, then the transactions' p50/p99 latency and the
+relay process's CPU time per message.
 
 `--untuned` skips `relay.server.freeze_startup_heap()` (the start-up heap
 freeze and the young-generation threshold that `serve` applies), to see what
@@ -30,6 +31,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 from relay.aliases import mint_alias  # noqa: E402
 from relay.config import settings_from_dict  # noqa: E402
@@ -85,10 +87,12 @@ async def probe(n: int, sessions: int, tuned: bool, directory: str) -> dict:
         if tuned:
             freeze_startup_heap()
         gc.callbacks.append(log)
+        cpu0 = time.process_time()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-c", LOAD.format(here=str(HERE)), str(daemon.port), rcpt, str(n), str(sessions),
             stdout=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()
+        cpu = time.process_time() - cpu0
     finally:
         if log in gc.callbacks:
             gc.callbacks.remove(log)
@@ -98,6 +102,7 @@ async def probe(n: int, sessions: int, tuned: bool, directory: str) -> dict:
     load = json.loads(out.decode().strip().splitlines()[-1])
     return {"tuned": tuned, "messages": n, "sessions": sessions, "accepted": load["accepted"],
             "accepted_per_s": load["accepted_per_s"], "latency_ms": load["latency_ms"],
+            "relay_cpu_ms_per_msg": round(cpu * 1000 / max(1, load["accepted"]), 3),
             "gc": {gen: {"collections": len(p), "total_ms": round(sum(p) * 1000, 1),
                          "max_ms": round(max(p, default=0) * 1000, 1)} for gen, p in log.pauses.items()}}
 
@@ -123,7 +128,8 @@ def main() -> int:
               f"longest {g['max_ms']:6.1f} ms")
     lat = result["latency_ms"]
     print(f"{result['accepted']} of {result['messages']} accepted, {result['accepted_per_s']}/s; "
-          f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms")
+          f"p50 {lat['p50']} ms, p99 {lat['p99']} ms, max {lat['max']} ms; "
+          f"relay CPU {result['relay_cpu_ms_per_msg']} ms a message (accepting and delivering)")
     print(json.dumps(result))
     return 0
 

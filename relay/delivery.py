@@ -25,6 +25,7 @@ import aiosmtplib
 
 from relay.config import Settings, parse_hostport
 from relay.logs import get_logger
+from relay.pipelining import PipelinedConnection, take_over
 from relay.tasks import cancel_and_wait
 from relay.store import CLAIM_LEASE, QueueEntry, StorageError, Store
 
@@ -84,7 +85,7 @@ class Delivery:
         self._unrecorded: set[int] = set()
         self._work: asyncio.Queue[tuple[QueueEntry, bytes | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
-        self._clients: list[aiosmtplib.SMTP | None] = []
+        self._clients: list[aiosmtplib.SMTP | PipelinedConnection | None] = []
 
     def wake(self) -> None:
         self._wake.set()
@@ -255,7 +256,7 @@ class Delivery:
                 self._drop(slot)
                 raise TransientFailure(type(exc).__name__) from exc
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> aiosmtplib.SMTP | PipelinedConnection:
         from relay.tls import client_context
 
         host, port = parse_hostport("delivery.smarthost", self.settings.delivery.smarthost)
@@ -275,7 +276,11 @@ class Delivery:
             start_tls=(None if tls == "opportunistic" else tls == "required"),
             validate_certs=(tls == "required"), tls_context=context)
         await client.connect()
-        return client
+        try:
+            return await take_over(client)
+        except BaseException:
+            client.close()
+            raise
 
     def _drop(self, slot: int) -> None:
         if slot < len(self._clients) and self._clients[slot] is not None:
@@ -285,7 +290,7 @@ class Delivery:
                 pass
             self._clients[slot] = None
 
-    async def _send(self, client: aiosmtplib.SMTP, entry: QueueEntry, data: bytes) -> None:
+    async def _send(self, client: aiosmtplib.SMTP | PipelinedConnection, entry: QueueEntry, data: bytes) -> None:
         try:
             errors, _ = await client.sendmail(entry.mail_from, [entry.rcpt_to], data)
         except aiosmtplib.SMTPRecipientsRefused as exc:
@@ -306,7 +311,7 @@ class Delivery:
             raise TransientFailure(f"recipient deferred ({code})")
 
 
-async def _reset(client: aiosmtplib.SMTP) -> None:
+async def _reset(client: aiosmtplib.SMTP | PipelinedConnection) -> None:
     try:
         if client.is_connected:
             await client.rset()

@@ -40,6 +40,12 @@ class SinkHandler:
     def __init__(self, sink: "Sink"):
         self.sink = sink
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.sink.pipelining:  # like Postfix and smtp-sink; aiosmtpd reads pipelined commands in order
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         reply = self.sink.next_reply("RCPT")
         if reply:
@@ -61,7 +67,8 @@ class SinkHandler:
 class Sink:
     """A downstream SMTP server; scripted replies model a faulty next hop."""
 
-    def __init__(self):
+    def __init__(self, pipelining: bool = True):
+        self.pipelining = pipelining
         self.messages: list[Delivered] = []
         self.scripted: dict[str, list[str]] = {"RCPT": [], "DATA": []}
         self._cond = threading.Condition()
