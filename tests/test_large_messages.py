@@ -1,0 +1,194 @@
+"""Large messages: the helpers that avoid copies give exactly what the code
+they replaced gave (the old code is kept here as the reference), and a
+message of a few MiB goes through the pipeline within a memory bound."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import tracemalloc
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import pipeline as pipeline_module
+from relay import rewrite
+from relay.parsing import parse_message
+
+# ------------------------------------------------------------ the old code
+
+
+def old_normalize_line_endings(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+
+
+def old_lines_fit(raw: bytes) -> bool:
+    lines = raw.split(b"\n")
+    if max(map(len, lines), default=0) <= rewrite.MAX_LINE:
+        return True
+    return all(len(line.rstrip(b"\r")) <= rewrite.MAX_LINE for line in lines)
+
+
+def old_long_crlf_line(data: bytes) -> bool:
+    return any(len(line) > rewrite.MAX_LINE for line in data.split(b"\r\n"))
+
+
+def old_smuggling_terminator(content: bytes) -> bool:
+    if b"." not in content:
+        return False
+    if b"\r\n" in content and b"\n" not in content.replace(b"\r\n", b"") and \
+            b"\r" not in content.replace(b"\r\n", b""):
+        return False
+    return pipeline_module._FAKE_TERMINATORS.search(content) is not None
+
+
+# ------------------------------------------------------------ strategies
+
+_OCTETS = st.binary(max_size=60) | st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"A", b"x" * 500,
+                                                             b"\r\n.\r\n", b"\n.\r\n", b"=", b"\xe9"]),
+                                            max_size=30).map(b"".join)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(rewrite, "LINE_BLOCK", 7)  # many blocks, boundaries everywhere
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_OCTETS)
+def test_normalize_line_endings_equals_the_old_one(data):
+    assert rewrite.normalize_line_endings(data) == old_normalize_line_endings(data)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_OCTETS, st.integers(min_value=990, max_value=1002))
+def test_line_length_checks_equal_the_old_ones(small_blocks, data, width):
+    data = data.replace(b"x" * 500, b"x" * width)
+    assert rewrite._lines_fit(data) == old_lines_fit(data)
+    normal = old_normalize_line_endings(data)
+    assert rewrite._has_long_line(normal, b"\r\n") == old_long_crlf_line(normal)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_OCTETS)
+def test_smuggling_check_equals_the_old_one(data):
+    assert pipeline_module._smuggling_terminator(data) == old_smuggling_terminator(data)
+
+
+@settings(max_examples=800, deadline=None)
+@given(st.text(alphabet="abt: o@\r\n", max_size=40), st.text(alphabet="abo@", max_size=5),
+       st.text(alphabet="to: ab\r\n", min_size=1, max_size=8))
+def test_found_without_equals_replace_then_in(text, needle, cut):
+    low, needle_b, cut_b = text.encode(), needle.encode(), cut.encode()
+    assert rewrite._found_without(low, needle_b, cut_b) == (needle_b in low.replace(cut_b, b"", 1))
+
+
+@given(st.lists(st.sampled_from([b"", b"a", b"\n", b"a\r\n", b"\r"]), max_size=6))
+def test_ends_with_newline(chunks):
+    assert rewrite._ends_with_newline(chunks) == b"".join(chunks).endswith(b"\n")
+
+
+_CTE = st.sampled_from(["", "7bit", "8bit", "binary", "base64", "BASE64 ", "quoted-printable", "x-uuencode", "junk"])
+_BODY = st.one_of(
+    st.binary(max_size=80).map(lambda b: base64.encodebytes(b).replace(b"\n", b"\r\n")),
+    st.binary(max_size=80).map(lambda b: binascii.b2a_qp(b)),
+    st.lists(st.sampled_from([b"QUJD", b"REVG", b"=", b"==", b"\r\n", b"\n", b"!", b"a", b"\xe9", b"=41", b" "]),
+             max_size=20).map(b"".join))
+
+
+@settings(max_examples=800, deadline=None)
+@given(_CTE, _BODY, st.sampled_from(["text/plain", "application/pdf", "text/html; charset=latin-1"]))
+def test_decoded_payload_equals_get_payload(cte, body, ctype):
+    head = f"Content-Type: {ctype}\r\n" + (f"Content-Transfer-Encoding: {cte}\r\n" if cte else "")
+    data = head.encode() + b"\r\n" + body
+    ours, stdlib = parse_message(data), parse_message(data)
+    expected = stdlib.get_payload(decode=True)
+    got = rewrite.decoded_payload(ours, rewrite._raw_payload(ours))
+    assert got == expected
+    assert [type(d) for d in ours.defects] == [type(d) for d in stdlib.defects]
+
+
+def test_a_plain_text_part_shares_the_parsers_string():
+    body = b"Hello there, a plain line.\r\n" * 1000
+    message = parse_message(b"From: <a@b.example>\r\nSubject: x\r\n\r\n" + body)
+    result = rewrite.rewrite_message(message, _PARTIES, rewrite.Threading("<n@mx.relay.example>"))
+    assert result.parts[0].text is message._payload
+    assert result.data.endswith(body)
+
+
+# ------------------------------------------------------------ a memory bound
+
+_PARTIES = rewrite.Parties(("sam@shop.example",), "s-alias@relay.example", "Shop", ("bob@buyer.test",),
+                           "b-alias@relay.example", "mx.relay.example")
+
+
+async def test_a_large_message_stays_within_a_memory_bound(tmp_path):
+    """tracemalloc's peak during Pipeline.process of a 4 MiB smtp-source-like
+    message, above what was allocated before (the message itself included):
+    at most 3.5 times the message (it was 8.4 before the copies were cut).
+    Measured on Python allocations only: robust, unlike RSS or time."""
+    from relay.aliases import mint_alias
+    from relay.config import settings_from_dict
+    from relay.logs import configure_logging
+    from relay.pipeline import Pipeline
+    from relay.store import Store
+
+    configure_logging("warning")
+    settings = settings_from_dict({"store": {"path": str(tmp_path / "relay.sqlite3")}})
+    store = await Store.open(settings.store.path)
+    try:
+        await store.add_seller("s1", "Shop", ["sam@shop.example"])
+        order = await store.open_order("o1", "s1", "bob@buyer.test", None, mint_alias)
+        pipeline = Pipeline(settings, store)
+        alias = f"{order.seller_alias}@{settings.relay.domain}"
+        line = b"X" * 78 + b"\r\n"
+        content = (f"From: <bob@buyer.test>\r\nTo: <{alias}>\r\nSubject: big\r\n"
+                   "Message-ID: <big.1@buyer.test>\r\n\r\n").encode() + line * (4 * 1024 * 1024 // len(line))
+        recipient, _ = await pipeline.resolve_recipient(alias)
+        # First use builds caches and compiles patterns (some MiB, whatever the size): not measured.
+        await pipeline.process("bob@buyer.test", recipient, content[:200000])
+        tracemalloc.start()
+        try:
+            base = tracemalloc.get_traced_memory()[0]
+            tracemalloc.reset_peak()
+            outcome = await pipeline.process("bob@buyer.test", recipient, content)
+            peak = tracemalloc.get_traced_memory()[1] - base
+        finally:
+            tracemalloc.stop()
+        assert outcome.verdict == "accepted", outcome.reply
+        assert peak < 3.5 * len(content), peak / len(content)
+    finally:
+        await store.close()
+
+
+# ------------------------------------------------------------ the fingerprint
+
+def old_fingerprint(parts) -> str:
+    import hashlib
+    import re
+    import unicodedata
+    from relay.filters.base import plain_text
+    text = plain_text(parts)
+    if not text.strip():
+        text = "\n".join(p.text for p in parts)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith(">")]
+    norm = unicodedata.normalize("NFKD", " ".join(lines)).casefold()
+    words = re.findall(r"\w+", norm)
+    return hashlib.sha256(" ".join(words).encode()).hexdigest()
+
+
+_TEXT = st.lists(st.sampled_from(["word", "Caf\u00e9", "e\u0301", "\u0301", "\u0327\u0301", " ", "  ", "\t",
+                                  "\n", "\r\n", "\r", "\x0b", "\x1c", "\u2028", "\x85", "> quoted", " >q", "ﬁ",
+                                  "Straße", "İ", "12", "_", "-", "\u00a0", "\u3000"]), max_size=40).map("".join)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.sampled_from(["text/plain", "text/html"]), _TEXT), max_size=3))
+def test_fingerprint_equals_the_old_one(monkeypatch, texts):
+    from relay.filters import base
+    monkeypatch.setattr(base, "FINGERPRINT_BLOCK", 3)  # blocks of a few characters: every seam
+    parts = tuple(base.TextPart(f"{ct} part {i}", ct, text) for i, (ct, text) in enumerate(texts))
+    base._parts_fingerprint.cache_clear()
+    assert base._parts_fingerprint(parts) == old_fingerprint(parts)
