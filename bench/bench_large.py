@@ -77,7 +77,10 @@ def make_message(kind: str, ref: dict, seq: int) -> bytes:
     if kind == "attach10M":
         return attachment_message(ref["buyer"], ref["seller_alias"], 10 * MiB, seq)
     size = 10 * MiB if kind == "text10M" else 100_000
-    return buyer_message(ref["buyer"], ref["seller_alias"], size, seq)
+    head, _, body = buyer_message(ref["buyer"], ref["seller_alias"], size, seq).partition(b"\r\n\r\n")
+    # A distinct first line: a text equal to the previous message's would find
+    # its fingerprint cached (relay.filters.base) and hide that step's cost.
+    return head + b"\r\n\r\n" + b"message %d\r\n" % seq + body
 
 
 def _rss_reset() -> None:

@@ -159,9 +159,40 @@ def text_fingerprint(view: MessageView) -> str:
 @functools.lru_cache(maxsize=1)
 def _parts_fingerprint(parts: tuple[TextPart, ...]) -> str:
     text = plain_text(parts)
-    if not text.strip():
+    if not text or text.isspace():  # (`not text.strip()`, without a copy)
         text = "\n".join(p.text for p in parts)
-    lines = [line for line in text.splitlines() if not line.lstrip().startswith(">")]
+    digest = hashlib.sha256()
+    started = False
+    for block in _line_blocks(text):
+        words = _block_words(block)
+        if words:
+            digest.update(((" " if started else "") + " ".join(words)).encode())
+            started = True
+    return digest.hexdigest()
+
+
+# The fingerprint is the hash of " ".join(words) over the whole text; it is
+# computed a block of lines at a time, so a large text is never copied whole
+# (the list of its lines, the normalised text and the list of its words were
+# each one to two times its size).  Lines are joined by a space, which is
+# where blocks meet: NFKD and casefold treat each side alike (a space is a
+# starter, and casefold works a character at a time) and no word spans it.
+FINGERPRINT_BLOCK = 1 << 18
+
+
+def _line_blocks(text: str):
+    """text in pieces that end just after a LF (so splitlines() of the pieces
+    gives the lines of the whole), about FINGERPRINT_BLOCK characters each."""
+    start, size = 0, len(text)
+    while start < size:
+        stop = text.find("\n", start + FINGERPRINT_BLOCK)
+        stop = size if stop < 0 else stop + 1
+        yield text[start:stop] if start or stop < size else text
+        start = stop
+
+
+def _block_words(block: str) -> list[str]:
+    """The words of one block's lines, quoted lines left out."""
+    lines = [line for line in block.splitlines() if not line.lstrip().startswith(">")]
     norm = unicodedata.normalize("NFKD", " ".join(lines)).casefold()
-    words = re.findall(r"\w+", norm)
-    return hashlib.sha256(" ".join(words).encode()).hexdigest()
+    return re.findall(r"\w+", norm)
