@@ -30,6 +30,7 @@ two on generated messages):
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 import io
 from email.message import EmailMessage
 from email.feedparser import NLCRE, FeedParser, headerRE
@@ -123,4 +124,17 @@ def _parse_single_part(content: bytes, cut: int, body_start: int) -> EmailMessag
         if message._payload != str(view[body_start:cut], "ascii", "surrogateescape"):
             return None  # not where we thought the body starts: never guess
         message.set_payload(str(view[body_start:], "ascii", "surrogateescape"))
+    message.body_source = BodySource(message._payload, content, body_start)  # type: ignore[attr-defined]
     return message
+
+
+@dataclass(frozen=True)
+class BodySource:
+    """Where a single-part message's payload came from: `content[start:]`,
+    decoded to `payload`.  The rewriter sends an unchanged ASCII body
+    straight from these octets (relay.rewrite), so it need not hold an
+    encoded copy of the payload while the outgoing message is joined."""
+
+    payload: str
+    content: bytes
+    start: int

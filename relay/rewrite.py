@@ -166,12 +166,30 @@ _AT_WORD_HINT = re.compile(r"[\s\[(]at[\s\])]")  # on lowercased text
 
 def may_hold_address(text: str) -> bool:
     """Could the text hold an address in any spelling?  Substring tests
-    first, one lowercase copy, a regex only for the spelled-out "at" (three
-    times faster on long text than one regex of all the hints)."""
+    first, then lowercase blocks of the text (a copy of a block, not of a
+    large text), a regex only for the spelled-out "at" (three times faster
+    on long text than one regex of all the hints)."""
     if "@" in text or "%" in text or "=" in text or "\uff20" in text or "&#" in text:
         return True
-    low = text.lower()
-    return "&commat" in low or ("at" in low and _AT_WORD_HINT.search(low) is not None)
+    return any("&commat" in low or ("at" in low and _AT_WORD_HINT.search(low) is not None)
+               for low in _lowered_text_blocks(text, HINT_OVERLAP))
+
+
+# The hints are at most 7 characters ("&commat"): blocks overlap by 6, so
+# each hint is whole in some block.  str.lower() works a character at a time
+# (its one context rule, the final sigma, only chooses between two sigmas,
+# which no hint holds) and never shortens one, so a block's lowercase is the
+# lowercase's block.
+HINT_OVERLAP = 6
+TEXT_BLOCK = 1 << 18
+
+
+def _lowered_text_blocks(text: str, overlap: int):
+    if len(text) <= TEXT_BLOCK:
+        yield text.lower()
+        return
+    for start in range(0, len(text), TEXT_BLOCK):
+        yield text[start:start + TEXT_BLOCK + overlap].lower()
 
 
 class Scrubber:
@@ -483,7 +501,7 @@ class _Writer:
         # needs 8BITMIME and bytes invalid in their charset never pass (#57).
         if new_text == text and raw.isascii() and cte in ("7bit", "8bit", "quoted-printable", "base64", "") and \
                 _lines_fit(raw) and self._raw_is_clean(raw, text, text_scrubbed):
-            return self.part_headers(part), [_ensure_crlf_end(raw)]
+            return self.part_headers(part), _unchanged_body(part, raw)
         body, new_cte = _encode_text(new_text, charset, prefer_base64=(cte == "base64"))
         headers = self.part_headers(part, new_cte=new_cte)
         if part.get_content_charset() is None or charset != part.get_content_charset():
@@ -539,11 +557,23 @@ def _payload_as_text(part: EmailMessage, raw: bytes, decoded: bytes, charset: st
 
 
 def _ends_with_newline(chunks: list[bytes]) -> bool:
-    """Does the concatenation of chunks end in LF?"""
+    """Does the concatenation of chunks (bytes or memoryviews) end in LF?"""
     for chunk in reversed(chunks):
         if chunk:
-            return chunk.endswith(b"\n")
+            return chunk[-1:] == b"\n"
     return False
+
+
+def _unchanged_body(part: EmailMessage, raw: bytes) -> list:
+    """`[_ensure_crlf_end(raw)]` for an ASCII body sent as received: when the
+    parser recorded where this payload's octets are in the received message
+    (relay.parsing.BodySource), a view of them, so `raw` is dropped before the
+    outgoing message is joined instead of being a third copy at that moment."""
+    source = getattr(part, "body_source", None)
+    if source is None or source.payload is not part._payload or not raw.isascii():
+        return [_ensure_crlf_end(raw)]
+    view = memoryview(source.content)[source.start:]
+    return [view] if not raw or raw.endswith(b"\n") else [view, b"\r\n"]
 
 
 def _with_charset(headers: list[bytes], part: EmailMessage, charset: str, writer: _Writer) -> list[bytes]:
@@ -703,25 +733,59 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
 def _refuse_literal_leak(data: bytes, parties: Parties) -> None:
     """Last line of defence: whatever path a part took, the bytes that leave
     never hold a party's address literally (the reader's own only in To)."""
-    low = data.lower()
     to_line = _header_line("To", parties.recipient_addresses[0]).lower()
-    for address in parties.sender_addresses + parties.recipient_addresses:
-        if _found_without(low, address.lower().encode("utf-8", "ignore"), to_line):
-            raise RewriteError("550 5.7.1 [unscannable] Part of the message could not be cleaned of a personal "
-                               "email address; remove the address and send it again.")
+    needles = [address.lower().encode("utf-8", "ignore")
+               for address in parties.sender_addresses + parties.recipient_addresses]
+    if _holds_without(data, needles, to_line):
+        raise RewriteError("550 5.7.1 [unscannable] Part of the message could not be cleaned of a personal "
+                           "email address; remove the address and send it again.")
 
 
-def _found_without(low: bytes, needle: bytes, cut: bytes) -> bool:
-    """`needle in low.replace(cut, b"", 1)`, without the copy: searched on
-    either side of the first `cut`, and across the seam its removal makes."""
-    start = low.find(cut)
-    if start < 0:
-        return needle in low
-    end = start + len(cut)
-    if low.find(needle, 0, start) >= 0 or low.find(needle, end) >= 0:
+# The leak check lowercases this many octets at a time, not a copy of the whole message.
+LOWER_BLOCK = 1 << 18
+
+
+def _holds_without(data: bytes, needles: list[bytes], cut: bytes) -> bool:
+    """`any(n in data.lower().replace(cut, b"", 1) for n in needles)`: each
+    side of the first `cut` is searched a lowercased block at a time (bytes
+    lower() is octet by octet, so a block's lowercase is the lowercase's
+    block), then the seam that removing `cut` makes."""
+    if any(not needle for needle in needles):
         return True
-    reach = max(len(needle) - 1, 0)
-    return needle in low[max(start - reach, 0):start] + low[end:end + reach]
+    start = _lowered_find(data, cut, 0, len(data))
+    if start < 0:
+        return _lowered_holds(data, needles, 0, len(data))
+    end = start + len(cut)
+    if _lowered_holds(data, needles, 0, start) or _lowered_holds(data, needles, end, len(data)):
+        return True
+    for needle in needles:
+        reach = len(needle) - 1
+        if needle in data[max(start - reach, 0):start].lower() + data[end:end + reach].lower():
+            return True
+    return False
+
+
+def _lowered_blocks(data: bytes, begin: int, stop: int, overlap: int):
+    """(offset, lowercase of data[offset:...]) covering data[begin:stop], each
+    block running `overlap` octets into the next, so a match of up to
+    overlap + 1 octets is whole in the block where it starts."""
+    for offset in range(begin, stop, LOWER_BLOCK):
+        yield offset, data[offset:min(offset + LOWER_BLOCK + overlap, stop)].lower()
+
+
+def _lowered_find(data: bytes, needle: bytes, begin: int, stop: int) -> int:
+    """`data.lower().find(needle, begin, stop)` for a lowercase, non-empty needle."""
+    for offset, low in _lowered_blocks(data, begin, stop, len(needle) - 1):
+        found = low.find(needle)
+        if found >= 0:
+            return offset + found
+    return -1
+
+
+def _lowered_holds(data: bytes, needles: list[bytes], begin: int, stop: int) -> bool:
+    """Is a (lowercase, non-empty) needle in `data.lower()[begin:stop]`?"""
+    overlap = max(map(len, needles), default=1) - 1
+    return any(needle in low for _, low in _lowered_blocks(data, begin, stop, overlap) for needle in needles)
 
 
 def quoted_mailbox(display: str, address: str) -> str:

@@ -77,12 +77,14 @@ def test_smuggling_check_equals_the_old_one(data):
     assert pipeline_module._smuggling_terminator(data) == old_smuggling_terminator(data)
 
 
-@settings(max_examples=800, deadline=None)
-@given(st.text(alphabet="abt: o@\r\n", max_size=40), st.text(alphabet="abo@", max_size=5),
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.text(alphabet="abTt: oO@\r\n", max_size=40), st.lists(st.text(alphabet="abo@", max_size=5), max_size=3),
        st.text(alphabet="to: ab\r\n", min_size=1, max_size=8))
-def test_found_without_equals_replace_then_in(text, needle, cut):
-    low, needle_b, cut_b = text.encode(), needle.encode(), cut.encode()
-    assert rewrite._found_without(low, needle_b, cut_b) == (needle_b in low.replace(cut_b, b"", 1))
+def test_leak_search_equals_lower_replace_then_in(monkeypatch, text, needles, cut):
+    monkeypatch.setattr(rewrite, "LOWER_BLOCK", 3)  # many blocks, seams everywhere
+    data, needles_b, cut_b = text.encode(), [n.encode() for n in needles], cut.encode().lower()
+    expected = any(n in data.lower().replace(cut_b, b"", 1) for n in needles_b)
+    assert rewrite._holds_without(data, needles_b, cut_b) == expected
 
 
 @given(st.lists(st.sampled_from([b"", b"a", b"\n", b"a\r\n", b"\r"]), max_size=6))
@@ -127,7 +129,7 @@ _PARTIES = rewrite.Parties(("sam@shop.example",), "s-alias@relay.example", "Shop
 async def test_a_large_message_stays_within_a_memory_bound(tmp_path):
     """tracemalloc's peak during Pipeline.process of a 4 MiB smtp-source-like
     message, above what was allocated before (the message itself included):
-    at most 3.5 times the message (it was 8.4 before the copies were cut).
+    at most 3 times the message (it was 8.4 before the copies were cut, 2.35 after).
     Measured on Python allocations only: robust, unlike RSS or time."""
     from relay.aliases import mint_alias
     from relay.config import settings_from_dict
@@ -158,7 +160,7 @@ async def test_a_large_message_stays_within_a_memory_bound(tmp_path):
         finally:
             tracemalloc.stop()
         assert outcome.verdict == "accepted", outcome.reply
-        assert peak < 3.5 * len(content), peak / len(content)
+        assert peak < 3.0 * len(content), peak / len(content)
     finally:
         await store.close()
 
@@ -192,3 +194,42 @@ def test_fingerprint_equals_the_old_one(monkeypatch, texts):
     parts = tuple(base.TextPart(f"{ct} part {i}", ct, text) for i, (ct, text) in enumerate(texts))
     base._parts_fingerprint.cache_clear()
     assert base._parts_fingerprint(parts) == old_fingerprint(parts)
+
+
+def old_may_hold_address(text: str) -> bool:
+    if "@" in text or "%" in text or "=" in text or "\uff20" in text or "&#" in text:
+        return True
+    low = text.lower()
+    return "&commat" in low or ("at" in low and rewrite._AT_WORD_HINT.search(low) is not None)
+
+
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(["a", "t", "A", "T", " ", "[", "]", "(", ")", "\n", "&", "commat", "COMMAT", "Σ",
+                                 "İ", "\u212a", "x", "@", "%", "\u2003", "at", " AT "]), max_size=30).map("".join))
+def test_may_hold_address_equals_the_old_one(monkeypatch, text):
+    monkeypatch.setattr(rewrite, "TEXT_BLOCK", 2)
+    assert rewrite.may_hold_address(text) == old_may_hold_address(text)
+
+
+# ------------------------------------------------------------ the audit row
+
+async def test_large_audit_copies_are_stored_exactly(tmp_path):
+    """Large inbound/outbound copies go in by incremental blob I/O: the row
+    reads back the same octets, as BLOBs, and small or absent copies as before."""
+    from relay.store import LARGE_BLOB, AuditRecord, Store
+    store = await Store.open(str(tmp_path / "relay.sqlite3"))
+    try:
+        big_in = bytes(range(256)) * (LARGE_BLOB // 256 * 5 + 3)
+        big_out = b"\r\n".join([b"line"] * (LARGE_BLOB // 3))
+        cases = [(big_in, big_out), (b"small", big_out), (big_in, None), (b"", b"x"), (None, None)]
+        for inbound, outbound in cases:
+            record = AuditRecord(received_at="2026-01-01T00:00:00.000Z", order_id=None, direction="unknown",
+                                 sender="a@b.example", recipient="c@d.example", verdict="rejected", reasons=[],
+                                 findings=[], inbound=inbound, outbound=outbound)
+            audit_id = await store.record_rejection(record)
+            row = await store.audit_get(audit_id)
+            assert row["inbound"] == inbound and row["outbound"] == outbound
+            types = await store._read("SELECT typeof(inbound), typeof(outbound) FROM audit WHERE id = ?", (audit_id,))
+            assert tuple(types[0]) == tuple("null" if v is None else "blob" for v in (inbound, outbound))
+    finally:
+        await store.close()

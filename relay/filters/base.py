@@ -192,7 +192,12 @@ def _line_blocks(text: str):
 
 
 def _block_words(block: str) -> list[str]:
-    """The words of one block's lines, quoted lines left out."""
+    """The words of one block's lines, quoted lines left out.  Without a ">"
+    no line is left out, and the line breaks themselves can stand for the
+    spaces that join the lines: like a space, each is a starter for NFKD,
+    unchanged by it and by casefold, and no part of a word."""
+    if ">" not in block:
+        return re.findall(r"\w+", unicodedata.normalize("NFKD", block).casefold())
     lines = [line for line in block.splitlines() if not line.lstrip().startswith(">")]
     norm = unicodedata.normalize("NFKD", " ".join(lines)).casefold()
     return re.findall(r"\w+", norm)
