@@ -18,8 +18,9 @@ input it is handed), as multiples of the message size, measured two ways:
 - tracemalloc's peak (Python allocations only, a separate run: tracing slows
   the pipeline several times, so CPU is measured without it);
 - the RSS high-water mark (VmHWM of /proc/self/status, reset by writing "5"
-  to /proc/self/clear_refs before the run): includes SQLite's own buffers and
-  the allocator's slack.
+  to /proc/self/clear_refs before the run), the highest of the runs: includes
+  SQLite's own buffers (its page cache, up to the store's cache_size, grows in
+  the first run and is reused after) and the allocator's slack.
 
 "+input" in the output adds the message itself (1x): how many times the
 message is in memory at the worst moment.
@@ -169,6 +170,7 @@ async def _child(kind: str, reps: int, steps: bool) -> dict:
         size = 0
         verdict = ""
         hwm_above = 0
+        rss_runs: list[float] = []
         for rep in range(reps):
             content = make_message(kind, ref, rep)
             size = len(content)
@@ -178,7 +180,8 @@ async def _child(kind: str, reps: int, steps: bool) -> dict:
             started = time.process_time()
             verdict = await once(content)
             cpu.append((time.process_time() - started) * 1000)
-            hwm_above = max(hwm_above, (_status_kib("VmHWM") - rss_base) * 1024)
+            rss_runs.append((_status_kib("VmHWM") - rss_base) * 1024 / size)
+            hwm_above = max(hwm_above, rss_runs[-1] * size)
             del content
         # The tracemalloc run.
         content = make_message(kind, ref, reps + 1)
@@ -193,7 +196,8 @@ async def _child(kind: str, reps: int, steps: bool) -> dict:
         peak = max(tracemalloc.get_traced_memory()[1], tracer.top_peak) - tracer.base
         result = {"kind": kind, "size": size, "verdict": verdict, "traced_verdict": traced_verdict,
                   "cpu_ms": statistics.median(cpu), "cpu_all": [round(c, 1) for c in cpu],
-                  "tracemalloc_peak": peak, "rss_hwm": hwm_above}
+                  "tracemalloc_peak": peak, "rss_hwm": hwm_above,
+                  "rss_runs": [round(r, 2) for r in rss_runs]}
         if steps:
             result["steps"] = tracer.rows
             if tracer.top_snapshot is not None:
@@ -210,7 +214,8 @@ def _report(r: dict) -> None:
     size = r["size"]
     print(f"{r['kind']:10s} {size / MiB:7.2f} MiB  {r['verdict']:8s} CPU {r['cpu_ms']:8.1f} ms/msg  "
           f"tracemalloc peak {r['tracemalloc_peak'] / size:5.2f}x (+input {r['tracemalloc_peak'] / size + 1:5.2f}x)  "
-          f"RSS HWM {r['rss_hwm'] / size:5.2f}x (+input {r['rss_hwm'] / size + 1:5.2f}x)   runs {r['cpu_all']}")
+          f"RSS HWM {r['rss_hwm'] / size:5.2f}x (+input {r['rss_hwm'] / size + 1:5.2f}x)")
+    print(f"    CPU ms of each run {r['cpu_all']}; RSS HWM of each run {r['rss_runs']}")
     for label, held, peak in r.get("steps", []):
         print(f"    {label:20s} held on entry {held / size:6.2f}x   peak inside {peak / size:6.2f}x")
     for held, frames in r.get("held_at_commit", []):

@@ -181,7 +181,7 @@ def may_hold_address(text: str) -> bool:
 # which no hint holds) and never shortens one, so a block's lowercase is the
 # lowercase's block.
 HINT_OVERLAP = 6
-TEXT_BLOCK = 1 << 18
+TEXT_BLOCK = 1 << 16
 
 
 def _lowered_text_blocks(text: str, overlap: int):
@@ -635,7 +635,7 @@ def _lines_fit(raw: bytes) -> bool:
 
 # Lines are split and measured this many octets at a time (a list of every line of a
 # large message would take 1.7 times its size); a Python step per block, not per line.
-LINE_BLOCK = 1 << 18
+LINE_BLOCK = 1 << 16
 
 
 def _has_long_line(data: bytes, sep: bytes, strip: bytes = b"") -> bool:
@@ -742,7 +742,7 @@ def _refuse_literal_leak(data: bytes, parties: Parties) -> None:
 
 
 # The leak check lowercases this many octets at a time, not a copy of the whole message.
-LOWER_BLOCK = 1 << 18
+LOWER_BLOCK = 1 << 16
 
 
 def _holds_without(data: bytes, needles: list[bytes], cut: bytes) -> bool:
