@@ -67,11 +67,12 @@ HEADER_SCAN = 256 * 1024
 def parse_message(content: bytes) -> EmailMessage:
     """The message as `BytesParser(policy=PARSE_POLICY).parsebytes(content)` parses it."""
     cut = _header_block_cut(content)
-    if cut is not None:
-        message = _parse_single_part(content, *cut)
-        if message is not None:
-            return message
-    return _feed(content, 0, len(content))
+    message = _parse_single_part(content, *cut) if cut is not None else None
+    if message is None:
+        message = _feed(content, 0, len(content))
+    # The rewriter sends unchanged bodies from these octets (relay.rewrite).
+    message.source_octets = content  # type: ignore[attr-defined]
+    return message
 
 
 def _feed(content: bytes, start: int, stop: int) -> EmailMessage:

@@ -233,3 +233,52 @@ async def test_large_audit_copies_are_stored_exactly(tmp_path):
             assert tuple(types[0]) == tuple("null" if v is None else "blob" for v in (inbound, outbound))
     finally:
         await store.close()
+
+
+# ------------------------------------------------------------ attachments
+
+def old_found_in_bytes(scrubber, data: bytes) -> bool:
+    low = data.lower()
+    for needle in scrubber._needles:
+        if needle in low or needle.decode().encode("utf-16-le") in low:
+            return True
+    return False
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from([b"Bob@Buyer.test", b"b\x00O\x00b\x00@\x00", b"x", b"bob@", b"buyer.test",
+                                 "bob@buyer.test".encode("utf-16-le"), b"\xff", b"S"]), max_size=12).map(b"".join))
+def test_found_in_bytes_equals_the_old_one(monkeypatch, data):
+    monkeypatch.setattr(rewrite, "LOWER_BLOCK", 5)
+    scrubber = rewrite.Scrubber({"bob@buyer.test": "b-alias@relay.example", "s@x.example": "s-alias@relay.example"})
+    assert scrubber.found_in_bytes(data) == old_found_in_bytes(scrubber, data)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(
+    st.binary(max_size=100).map(lambda b: base64.encodebytes(b).replace(b"\n", b"\r\n")),
+    st.binary(max_size=100).map(base64.b64encode),
+    st.lists(st.sampled_from([b"QUJD", b"QQ==", b"QUI=", b"=", b"\r\n", b"\n", b"\r", b"!", b"A", b"====", b"-_"]),
+             max_size=16).map(b"".join)))
+def test_base64_payload_decodes_as_the_stdlib_does(monkeypatch, body):
+    monkeypatch.setattr(rewrite, "BASE64_BLOCK", 6)  # blocks that cut quads and line ends
+    data = b"Content-Type: application/pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body
+    ours, stdlib = parse_message(data), parse_message(data)
+    assert rewrite.decoded_payload(ours, rewrite._raw_payload(ours)) == stdlib.get_payload(decode=True)
+    assert [type(d) for d in ours.defects] == [type(d) for d in stdlib.defects]
+
+
+def test_an_unchanged_attachment_is_sent_from_the_received_octets():
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 1000
+    encoded = base64.encodebytes(pdf).replace(b"\n", b"\r\n")
+    data = (b"From: <bob@buyer.test>\r\nSubject: scan\r\nMIME-Version: 1.0\r\n"
+            b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\nHi\r\n"
+            b"--b1\r\nContent-Type: application/pdf; name=a.pdf\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            + encoded + b"--b1--\r\n")
+    message = parse_message(data)
+    writer = rewrite._Writer(rewrite.build_scrubber(_PARTIES), (), {}, message.source_octets)
+    headers, body = writer.part(message, 0)
+    assert any(isinstance(chunk, memoryview) for chunk in body)
+    assert encoded in b"".join(body)
+    result = rewrite.rewrite_message(parse_message(data), _PARTIES, rewrite.Threading("<n@mx.relay.example>"))
+    assert result.attachments[0].data == pdf and encoded in result.data
