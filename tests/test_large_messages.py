@@ -183,7 +183,8 @@ def old_fingerprint(parts) -> str:
 
 _TEXT = st.lists(st.sampled_from(["word", "Caf\u00e9", "e\u0301", "\u0301", "\u0327\u0301", " ", "  ", "\t",
                                   "\n", "\r\n", "\r", "\x0b", "\x1c", "\u2028", "\x85", "> quoted", " >q", "ﬁ",
-                                  "Straße", "İ", "12", "_", "-", "\u00a0", "\u3000"]), max_size=40).map("".join)
+                                  "Straße", "İ", "12", "_", "-", "\u00a0", "\u3000", "Hi!", "it's", ",", "\x7f"]),
+                 max_size=40).map("".join)
 
 
 @settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
