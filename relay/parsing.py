@@ -30,10 +30,10 @@ two on generated messages):
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 import io
-from email.message import EmailMessage
+from dataclasses import dataclass
 from email.feedparser import NLCRE, FeedParser, headerRE
+from email.message import EmailMessage
 from email.policy import EmailPolicy
 
 CACHED_VALUE_LENGTH = 256

@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import tracemalloc
-from email.message import EmailMessage
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -278,7 +277,7 @@ def test_an_unchanged_attachment_is_sent_from_the_received_octets():
             + encoded + b"--b1--\r\n")
     message = parse_message(data)
     writer = rewrite._Writer(rewrite.build_scrubber(_PARTIES), (), {}, message.source_octets)
-    headers, body = writer.part(message, 0)
+    _, body = writer.part(message, 0)
     assert any(isinstance(chunk, memoryview) for chunk in body)
     assert encoded in b"".join(body)
     result = rewrite.rewrite_message(parse_message(data), _PARTIES, rewrite.Threading("<n@mx.relay.example>"))
