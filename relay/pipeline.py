@@ -514,9 +514,11 @@ def _smuggling_terminator(content: bytes) -> bool:
     `\\r.\\r`, `\\r\\n.\\n` and the rest of smtpsmug's list."""
     if b"." not in content:
         return False
-    if b"\r\n" in content and b"\n" not in content.replace(b"\r\n", b"") and \
-            b"\r" not in content.replace(b"\r\n", b""):
-        return False  # only CRLF: aiosmtpd already split on the real terminator
+    crlf = content.count(b"\r\n")
+    if crlf and content.count(b"\n") == crlf and content.count(b"\r") == crlf:
+        # Only CRLF (every CR and LF is in one, counted without a copy of the
+        # message): aiosmtpd already split on the real terminator.
+        return False
     return _FAKE_TERMINATORS.search(content) is not None
 
 

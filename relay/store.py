@@ -750,14 +750,28 @@ class Store:
         return _queue_entry(row) if row else None
 
 
+# Message copies larger than this go into the audit row by incremental blob
+# I/O.  Bound as parameters, each is copied by SQLite (the sqlite3 module binds
+# SQLITE_TRANSIENT) and then copied again into one buffer of the whole row:
+# four times a message's size for its two copies, on top of the pages written.
+# A zeroblob placeholder filled in slices costs none of that.
+LARGE_BLOB = 256 * 1024
+BLOB_SLICE = 1 << 20
+
+
 def _insert_audit(db: sqlite3.Connection, r: AuditRecord) -> int:
+    copies = {"inbound": r.inbound, "outbound": r.outbound}
+    large = {name: data for name, data in copies.items() if data is not None and len(data) > LARGE_BLOB}
+    slots = ", ".join("zeroblob(?)" if name in large else "?" for name in copies)
     cur = db.execute(
         "INSERT INTO audit (received_at, order_id, direction, sender, recipient, verdict, reasons, findings, "
         "critical, unsolicited, to_opted_out, subject, fingerprint, inbound, outbound) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {slots})",
         (r.received_at, r.order_id, r.direction, r.sender, r.recipient, r.verdict, json.dumps(r.reasons),
          json.dumps(r.findings), int(r.critical), int(r.unsolicited), int(r.to_opted_out), r.subject,
-         r.fingerprint, r.inbound, r.outbound))
+         r.fingerprint, *(len(data) if name in large else data for name, data in copies.items())))
+    for name, data in large.items():
+        _write_blob(db, "audit", name, cur.lastrowid, data)
     return cur.lastrowid
 
 
@@ -785,6 +799,13 @@ def release_all_claims(path: str, busy_timeout: float = 10.0) -> int:
             "UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE claimed_until > 0").rowcount
     finally:
         conn.close()
+
+
+def _write_blob(db: sqlite3.Connection, table: str, column: str, rowid: int, data: bytes) -> None:
+    """Fill a zeroblob column with `data`, a slice at a time (views, not copies)."""
+    with db.blobopen(table, column, rowid) as blob, memoryview(data) as view:
+        for start in range(0, len(data), BLOB_SLICE):
+            blob.write(view[start:start + BLOB_SLICE])
 
 
 def _order(row: sqlite3.Row) -> Order:

@@ -54,3 +54,82 @@ def test_values_new_in_every_message_do_not_push_out_the_repeating_ones():
     assert parsing._parsed.cache_info().currsize == 1
     assert parsing._parsed_unique.cache_info().currsize == parsing.UNIQUE_CACHE_ENTRIES
     assert parsing.parse_message(MESSAGE)["Content-Type"] is content_type  # still cached
+
+
+# ---------------------------------------------------------------- the fast parse
+# parse_message parses the header block alone and decodes a single-part body in
+# one step; it must give exactly what the stdlib's BytesParser gives.
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+def _shape(message) -> list:
+    """Everything the parse decides, part by part."""
+    shape = []
+    for part in message.walk():
+        payload = part._payload
+        shape.append((part.get_unixfrom(), list(part._headers), [type(d).__name__ for d in part.defects],
+                      [str(d) for d in part.defects], part.preamble, part.epilogue,
+                      payload if isinstance(payload, str) else len(payload), type(part).__name__,
+                      part.get_default_type()))
+    return shape
+
+
+def _stdlib(data: bytes):
+    return BytesParser(policy=parsing.PARSE_POLICY).parsebytes(data)
+
+
+_LINE_END = st.sampled_from(["\r\n", "\n", "\r", "\r\n", "\r\n"])
+_HEADER = st.one_of(
+    st.sampled_from(["From: <a@b.example>", "Subject: hi", "Content-Type: text/plain; charset=utf-8",
+                     "Content-Type: multipart/mixed; boundary=b1", "Content-Type: message/rfc822",
+                     "Content-Type: text/html", "Content-Transfer-Encoding: base64", " folded",
+                     "\tcontinued", "From bob Tue Jan 1", "X-Odd:", "no colon here", "", "--b1", "--b1--",
+                     "Content-Type: multipart", "Subject: caf\udce9", ">From x", "."]),
+    st.text(alphabet=st.sampled_from("aZ: -\t=.\udcff\u00e9\x0b\x0c\x1c\x85"), max_size=12))
+_BODY_LINE = st.one_of(st.sampled_from(["", "--b1", "--b1--", "Hello", "From x", "X" * 78, "a\x85b",
+                                        "caf\udce9", "Content-Type: text/plain", "=?utf-8?q?x?="]),
+                       st.text(alphabet=st.sampled_from("ab \t-=\udc80\r\n"), max_size=20))
+
+
+@st.composite
+def _messages(draw) -> bytes:
+    parts = []
+    for line in draw(st.lists(_HEADER, max_size=8)):
+        parts.append(line + draw(_LINE_END))
+    if draw(st.booleans()):
+        parts.append(draw(_LINE_END))  # the blank separator line
+    for line in draw(st.lists(_BODY_LINE, max_size=12)):
+        parts.append(line + draw(_LINE_END))
+    if draw(st.booleans()):
+        parts.append(draw(_BODY_LINE))  # no final line end
+    return "".join(parts).encode("utf-8", "surrogateescape")
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(_messages())
+def test_fast_parse_equals_the_stdlib_parse(data):
+    assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
+
+
+@hsettings(max_examples=200, deadline=None)
+@given(_messages(), st.integers(min_value=0, max_value=3), st.sampled_from(["\r\n", "\n", "\r"]))
+def test_fast_parse_equals_the_stdlib_parse_across_feed_and_scan_sizes(data, pad, end):
+    # Headers and bodies that straddle the 8192-octet feed slices and the header scan window.
+    filler = ("X-Pad: " + "p" * 70 + end) * (110 + pad)
+    big = filler.encode() + data + (b"body line" + end.encode()) * (900 * pad)
+    assert _shape(parsing.parse_message(big)) == _shape(_stdlib(big))
+    scan, parsing.HEADER_SCAN = parsing.HEADER_SCAN, 8000
+    try:
+        assert _shape(parsing.parse_message(big)) == _shape(_stdlib(big))
+    finally:
+        parsing.HEADER_SCAN = scan
+
+
+def test_fast_parse_of_a_large_plain_message_and_its_fallbacks():
+    body = b"".join(b"line %d " % i + b"X" * 70 + b"\r\n" for i in range(20000))
+    for head in (b"From: <a@b.example>\r\nSubject: big\r\n\r\n", b"Subject: no separator\r\n",
+                 b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\n\r\n",
+                 b"X-Long: " + b"v" * 300000 + b"\r\n\r\n", b""):
+        data = head + body
+        assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
