@@ -138,6 +138,21 @@ def _current_task_cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
+def frame_content(message: bytes) -> tuple[int, list[bytes]]:
+    """(its size for SIZE=, the octets to send after 354, ending with the
+    final dot) as aiosmtplib frames them: lone CR and LF become CRLF, a last
+    line gets its CRLF, lines starting with "." get another.  The relay's
+    own output needs none of that, and a 10 MiB message then goes out
+    without three more copies of it (tests/test_pipelining.py compares)."""
+    crlf = message.count(b"\r\n")
+    clean = (message.endswith(b"\r\n") and message.count(b"\n") == crlf == message.count(b"\r")
+             and not message.startswith(b".") and b"\n." not in message)
+    if clean:
+        return len(message), [message, b".\r\n"]
+    normalized = normalize_message_line_endings(message)
+    return len(normalized), [PERIOD_REGEX.sub(b"..", normalized) + b".\r\n"]
+
+
 class PipelinedConnection:
     """An aiosmtplib connection, after EHLO (and STARTTLS), driven by hand."""
 
@@ -165,6 +180,12 @@ class PipelinedConnection:
         self._replies.expected += replies
         self._transport.write(data)  # type: ignore[attr-defined]
 
+    def _send_chunks(self, chunks: list[bytes], replies: int) -> None:
+        if not self.is_connected:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost")
+        self._replies.expected += replies
+        self._transport.writelines(chunks)  # type: ignore[attr-defined]
+
     async def rset(self) -> None:
         self._send(b"RSET\r\n", 1)
         await self._replies.reply(self.timeout)
@@ -173,9 +194,8 @@ class PipelinedConnection:
         """MAIL, RCPT and DATA in one write; the content once DATA said 354.
         Raises as aiosmtplib.SMTP.sendmail does (one recipient)."""
         (recipient,) = recipients
-        normalized = normalize_message_line_endings(message)
-        size = f" SIZE={len(normalized)}" if self._size else ""  # RFC 1870, counted as aiosmtplib does
-        content = PERIOD_REGEX.sub(b"..", normalized) + b".\r\n"
+        size_of_content, content = frame_content(message)
+        size = f" SIZE={size_of_content}" if self._size else ""  # RFC 1870, counted as aiosmtplib does
         self._send(f"MAIL FROM:<{sender}>{size}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"), 3)
         mail = await self._replies.reply(self.timeout)
         rcpt = await self._replies.reply(self.timeout)
@@ -190,7 +210,7 @@ class PipelinedConnection:
             if rcpt[0] not in (250, 251):
                 raise aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(rcpt[0], rcpt[1], recipient)])
             raise aiosmtplib.SMTPDataError(data[0], data[1])
-        self._send(content, 1)
+        self._send_chunks(content, 1)
         done = await self._replies.reply(self.timeout)
         if done[0] != 250:
             raise aiosmtplib.SMTPDataError(done[0], done[1])

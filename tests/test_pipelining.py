@@ -12,6 +12,8 @@ import smtplib
 
 import aiosmtplib
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.pipelining import PipelinedConnection, take_over
 
@@ -201,3 +203,22 @@ async def test_the_relay_delivers_through_a_next_hop_without_pipelining(relay_fa
         assert sorted(d.rcpt_tos[0] for d in delivered) == ["sam@shop.example"] * 3
     finally:
         plain.stop()
+
+
+@pytest.mark.parametrize("message", [
+    b"Subject: x\r\n\r\nclean\r\n", b"Subject: x\r\n\r\n.dot\r\n", b".first\r\nline\r\n", b"no end",
+    b"bare\nlf\r\n", b"bare\rcr\r\n", b"a\r\n\r\n..\r\n.\r\n", b"", b"\r\n", b"x\r\n.", b"\n.\n"])
+def test_content_framing_equals_aiosmtplib(message):
+    from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+
+    from relay.pipelining import frame_content
+
+    normalized = normalize_message_line_endings(message)
+    size, chunks = frame_content(message)
+    assert (size, b"".join(chunks)) == (len(normalized), PERIOD_REGEX.sub(b"..", normalized) + b".\r\n")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b"Subject: x", b" "]), max_size=30))
+def test_content_framing_equals_aiosmtplib_on_any_mix(pieces):
+    test_content_framing_equals_aiosmtplib(b"".join(pieces))
