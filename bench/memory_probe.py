@@ -1,0 +1,136 @@
+"""Memory held for one large message through SMTP: `python bench/memory_probe.py [--size MiB] [--where]`.
+
+Runs the relay's daemon in this process (uvloop, a temporary store,
+delivering to Postfix's `smtp-sink`), sends one smtp-source-like message of
+`--size` MiB (plain text lines) from a separate process with smtplib, and
+waits until it is delivered.  Prints tracemalloc's peak over the whole
+exchange (DATA, parse, filters, rewrite, commit, delivery) as a multiple of
+the message size, received copy included, and the process's RSS high-water
+mark before and after (VmHWM; it also counts SQLite's page caches, uvloop's
+buffers and the allocator's slack, which tracemalloc does not see).
+`--where` samples tracemalloc while it runs and lists the allocations
+alive at the highest sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tracemalloc
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from relay.aliases import mint_alias  # noqa: E402
+from relay.config import settings_from_dict  # noqa: E402
+from relay.logs import configure_logging  # noqa: E402
+from relay.server import RelayDaemon, freeze_startup_heap  # noqa: E402
+
+from peers import free_port  # noqa: E402
+
+CLIENT = r"""
+import smtplib, sys
+port, rcpt, size = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+line = b"La de da de da 1 la de da de da 2 la de da de da 3 la de da de da 4\r\n"
+message = (b"From: bob@buyer.test\r\nTo: " + rcpt.encode() + b"\r\nSubject: big\r\n\r\n"
+           + line * (size // len(line)))
+with smtplib.SMTP("127.0.0.1", port, timeout=300) as client:
+    client.sendmail("bob@buyer.test", [rcpt], message)
+"""
+
+
+def vm(name: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def probe(size: int, where: bool, directory: str) -> None:
+    sink_port = free_port()
+    sink_cmd = ["smtp-sink", "-c", f"127.0.0.1:{sink_port}", "100"]
+    if os.geteuid() == 0:
+        sink_cmd[1:1] = ["-u", "nobody"]
+    sink = subprocess.Popen(sink_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    settings = settings_from_dict({
+        "store": {"path": f"{directory}/relay.sqlite3"}, "listen": {"mx": "127.0.0.1:0"},
+        "delivery": {"smarthost": f"127.0.0.1:{sink_port}", "tls": "none"}, "logging": {"level": "error"}})
+    configure_logging(settings.logging.level)
+    daemon = RelayDaemon(settings)
+    await daemon.start()
+    try:
+        await daemon.store.add_seller("s1", "Shop", ["sam@shop.example"])
+        order = await daemon.store.open_order("o1", "s1", "bob@buyer.test", None, mint_alias)
+        rcpt = order.seller_alias if "@" in order.seller_alias else f"{order.seller_alias}@{settings.relay.domain}"
+        freeze_startup_heap()
+        rss_before = vm("VmRSS")
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM
+        tracemalloc.start(10 if where else 1)
+        highest = {"size": 0, "snapshot": None}
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            while not done.is_set():
+                current, _ = tracemalloc.get_traced_memory()
+                if current > highest["size"]:
+                    highest["size"], highest["snapshot"] = current, tracemalloc.take_snapshot()
+                await asyncio.sleep(0.005)
+
+        sampler = asyncio.create_task(sample()) if where else None
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT, str(daemon.port), rcpt,
+                                                      str(size))
+        await client.wait()
+        for _ in range(1200):
+            entries = await daemon.store.queue_list()
+            if entries and all(e.state == "delivered" for e in entries):
+                break
+            await asyncio.sleep(0.05)
+        done.set()
+        if sampler:
+            await sampler
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        print(f"message {size / 2**20:.1f} MiB, delivered: {bool(entries) and entries[0].state == 'delivered'}")
+        print(f"tracemalloc peak {peak / 2**20:.1f} MiB = {peak / size:.2f}x the message (received copy included)")
+        print(f"RSS {rss_before / 2**20:.0f} MiB before, high-water mark {vm('VmHWM') / 2**20:.0f} MiB during "
+              f"(+{(vm('VmHWM') - rss_before) / size:.1f}x the message)")
+        if where and highest["snapshot"] is not None:
+            print("alive at the highest sample:")
+            for stat in highest["snapshot"].statistics("traceback")[:6]:
+                print(f"  {stat.size / 2**20:6.1f} MiB  " + " <- ".join(
+                    f"{Path(f.filename).name}:{f.lineno}" for f in reversed(stat.traceback[-4:])))
+    finally:
+        await daemon.stop()
+        sink.terminate()
+        sink.wait(10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=float, default=10.0, help="MiB")
+    parser.add_argument("--where", action="store_true")
+    args = parser.parse_args()
+    if not shutil.which("smtp-sink"):
+        print("memory_probe: needs Postfix's smtp-sink (apt-get install postfix)", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    with tempfile.TemporaryDirectory(prefix="relay-mem-") as directory:
+        asyncio.run(probe(int(args.size * 2**20), args.where, directory))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
