@@ -21,24 +21,16 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from relay.aliases import mint_alias  # noqa: E402
-from relay.config import settings_from_dict  # noqa: E402
-from relay.logs import configure_logging  # noqa: E402
-from relay.server import RelayDaemon, freeze_startup_heap  # noqa: E402
-
-from peers import free_port  # noqa: E402
+from inprocess import ready, relay_with_sink  # noqa: E402
+from relay.server import freeze_startup_heap  # noqa: E402
 
 LOAD = """
 import asyncio, json, sys
@@ -66,39 +58,20 @@ class PauseLog:
 
 
 async def probe(n: int, sessions: int, tuned: bool, directory: str) -> dict:
-    sink_port = free_port()
-    sink_cmd = ["smtp-sink", "-c", f"127.0.0.1:{sink_port}", "1000"]
-    if os.geteuid() == 0:
-        sink_cmd[1:1] = ["-u", "nobody"]
-    sink = subprocess.Popen(sink_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    settings = settings_from_dict({
-        "store": {"path": f"{directory}/relay.sqlite3"}, "listen": {"mx": "127.0.0.1:0"},
-        "delivery": {"smarthost": f"127.0.0.1:{sink_port}", "tls": "none"},
-        "limits": {"max_connections": 1000, "max_connections_per_ip": 1000},
-        "logging": {"level": "error"}})
-    configure_logging(settings.logging.level)
-    daemon = RelayDaemon(settings)
-    await daemon.start()
     log = PauseLog()
-    try:
-        await daemon.store.add_seller("s1", "Shop", ["sam@shop.example"])
-        order = await daemon.store.open_order("o1", "s1", "bob@buyer.test", None, mint_alias)
-        rcpt = order.seller_alias if "@" in order.seller_alias else f"{order.seller_alias}@{settings.relay.domain}"
+    async with relay_with_sink(directory, {"max_connections": 1000, "max_connections_per_ip": 1000}) as (daemon, rcpt):
         if tuned:
             freeze_startup_heap()
         gc.callbacks.append(log)
         cpu0 = time.process_time()
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", LOAD.format(here=str(HERE)), str(daemon.port), rcpt, str(n), str(sessions),
-            stdout=asyncio.subprocess.PIPE)
-        out, _ = await proc.communicate()
-        cpu = time.process_time() - cpu0
-    finally:
-        if log in gc.callbacks:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", LOAD.format(here=str(HERE)), str(daemon.port), rcpt, str(n), str(sessions),
+                stdout=asyncio.subprocess.PIPE)
+            out, _ = await proc.communicate()
+            cpu = time.process_time() - cpu0
+        finally:
             gc.callbacks.remove(log)
-        await daemon.stop()
-        sink.terminate()
-        sink.wait(10)
     load = json.loads(out.decode().strip().splitlines()[-1])
     return {"tuned": tuned, "messages": n, "sessions": sessions, "accepted": load["accepted"],
             "accepted_per_s": load["accepted_per_s"], "latency_ms": load["latency_ms"],
@@ -113,14 +86,8 @@ def main() -> int:
     parser.add_argument("--sessions", type=int, default=50)
     parser.add_argument("--untuned", action="store_true")
     args = parser.parse_args()
-    if not shutil.which("smtp-sink"):
-        print("gc_probe: needs Postfix's smtp-sink (apt-get install postfix)", file=sys.stderr)
+    if not ready("gc_probe"):
         return 2
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
     with tempfile.TemporaryDirectory(prefix="relay-gc-") as directory:
         result = asyncio.run(probe(args.n, args.sessions, not args.untuned, directory))
     for gen, g in result["gc"].items():

@@ -16,24 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
 import tracemalloc
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from relay.aliases import mint_alias  # noqa: E402
-from relay.config import settings_from_dict  # noqa: E402
-from relay.logs import configure_logging  # noqa: E402
-from relay.server import RelayDaemon, freeze_startup_heap  # noqa: E402
-
-from peers import free_port  # noqa: E402
+from inprocess import ready, relay_with_sink  # noqa: E402
+from relay.server import freeze_startup_heap  # noqa: E402
 
 CLIENT = r"""
 import smtplib, sys
@@ -55,21 +47,7 @@ def vm(name: str) -> int:
 
 
 async def probe(size: int, where: bool, directory: str) -> None:
-    sink_port = free_port()
-    sink_cmd = ["smtp-sink", "-c", f"127.0.0.1:{sink_port}", "100"]
-    if os.geteuid() == 0:
-        sink_cmd[1:1] = ["-u", "nobody"]
-    sink = subprocess.Popen(sink_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    settings = settings_from_dict({
-        "store": {"path": f"{directory}/relay.sqlite3"}, "listen": {"mx": "127.0.0.1:0"},
-        "delivery": {"smarthost": f"127.0.0.1:{sink_port}", "tls": "none"}, "logging": {"level": "error"}})
-    configure_logging(settings.logging.level)
-    daemon = RelayDaemon(settings)
-    await daemon.start()
-    try:
-        await daemon.store.add_seller("s1", "Shop", ["sam@shop.example"])
-        order = await daemon.store.open_order("o1", "s1", "bob@buyer.test", None, mint_alias)
-        rcpt = order.seller_alias if "@" in order.seller_alias else f"{order.seller_alias}@{settings.relay.domain}"
+    async with relay_with_sink(directory) as (daemon, rcpt):
         freeze_startup_heap()
         rss_before = vm("VmRSS")
         with open("/proc/self/clear_refs", "w") as fh:
@@ -108,10 +86,6 @@ async def probe(size: int, where: bool, directory: str) -> None:
             for stat in highest["snapshot"].statistics("traceback")[:6]:
                 print(f"  {stat.size / 2**20:6.1f} MiB  " + " <- ".join(
                     f"{Path(f.filename).name}:{f.lineno}" for f in reversed(stat.traceback[-4:])))
-    finally:
-        await daemon.stop()
-        sink.terminate()
-        sink.wait(10)
 
 
 def main() -> int:
@@ -119,14 +93,8 @@ def main() -> int:
     parser.add_argument("--size", type=float, default=10.0, help="MiB")
     parser.add_argument("--where", action="store_true")
     args = parser.parse_args()
-    if not shutil.which("smtp-sink"):
-        print("memory_probe: needs Postfix's smtp-sink (apt-get install postfix)", file=sys.stderr)
+    if not ready("memory_probe"):
         return 2
-    try:
-        import uvloop
-        uvloop.install()
-    except ImportError:
-        pass
     with tempfile.TemporaryDirectory(prefix="relay-mem-") as directory:
         asyncio.run(probe(int(args.size * 2**20), args.where, directory))
     return 0
