@@ -30,6 +30,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from datetime import timezone
 from email import policy
+from email.header import Header
 from email.message import EmailMessage, _formatparam  # the stdlib's own parameter quoting
 from email._encoded_words import decode_b as _decode_b
 from email.utils import collapse_rfc2231_value, formataddr, getaddresses
@@ -311,10 +312,19 @@ def _header_line(name: str, value: str) -> bytes:
     if len(name) + len(value) <= 76 and "=?" not in value and _PLAIN_HEADER_VALUE.fullmatch(value):
         return f"{name}: {value}\r\n".encode("ascii")
     try:
-        folded = OUT_POLICY.fold_binary(name, value)
+        return OUT_POLICY.fold_binary(name, value)
     except Exception:
-        folded = OUT_POLICY.fold_binary(name, value.encode("ascii", "replace").decode())
-    return folded
+        pass
+    try:
+        return OUT_POLICY.fold_binary(name, value.encode("ascii", "replace").decode())
+    except Exception:
+        # The stdlib's structured parser fails on some values (fuzz regression
+        # address-header-not-an-address-list: an address header whose text is
+        # no address list): folded as unstructured text, encoded words when
+        # needed, "=?" included, so nothing is decoded twice.
+        plain = value.isascii() and "=?" not in value
+        encoded = Header(value, "us-ascii" if plain else "utf-8", header_name=name).encode(linesep="\r\n")
+        return f"{name}: {encoded}\r\n".encode("ascii")
 
 
 # -------------------------------------------------------------- serialising
