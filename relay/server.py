@@ -251,15 +251,22 @@ class RelaySMTP(SMTP):
             first = True
         else:
             first = False
+            if self._handler_coroutine is None:
+                return  # over and released (_break_cycles): aiosmtpd's own part would find nothing
         super().connection_lost(error)
         if first and self._handler_coroutine is not None:
             self._handler_coroutine.add_done_callback(self._break_cycles)
+
+    def eof_received(self) -> bool | None:
+        if self._handler_coroutine is None:  # the session is over (_break_cycles)
+            return False
+        return super().eof_received()
 
     def _break_cycles(self, _task: asyncio.Task) -> None:
         """Once the session's task is over, drop the references that make a
         closed session a reference cycle: aiosmtpd's tables of bound methods,
         its task (whose CancelledError's traceback holds this object) and
-        timers.  Reference counting then frees the session at once; left as
+        the stream pair.  Reference counting then frees the session at once; left as
         cycles, every session survived into the oldest GC generation, and the
         full collections that cleaned them up took 100-250 ms each under load,
         the tail of the latency distribution (measured: bench/gc_probe.py)."""
@@ -267,8 +274,7 @@ class RelaySMTP(SMTP):
         self._handle_hooks = {}
         self._auth_methods = {}
         self._handler_coroutine = None
-        self._timeout_handle = None
-        self._session_timer = None
+        self._session_timer = None  # (cancelled timers hold no callback: aiosmtpd's stays for its asserts)
         # The stream pair points back at this protocol.
         self._reader = self._writer = None
         self._stream_writer = None
