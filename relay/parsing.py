@@ -51,7 +51,7 @@ UNIQUE_CACHE_ENTRIES = 256  # > the fields of all messages in progress at once
 UNIQUE_VALUED = frozenset(("message-id", "date", "references", "in-reply-to", "subject", "received",
                            "resent-message-id", "resent-date", "content-id", "dkim-signature",
                            "arc-seal", "arc-message-signature", "arc-authentication-results",
-                           "authentication-results", "x-relay-loop"))
+                           "authentication-results"))
 
 
 class CachingPolicy(EmailPolicy):
@@ -65,14 +65,12 @@ class CachingPolicy(EmailPolicy):
         return _parsed(self, name, value)
 
 
-@functools.lru_cache(maxsize=CACHE_ENTRIES)
-def _parsed(policy: EmailPolicy, name: str, value: str):
+def _parse_field(policy: EmailPolicy, name: str, value: str):
     return EmailPolicy.header_fetch_parse(policy, name, value)
 
 
-@functools.lru_cache(maxsize=UNIQUE_CACHE_ENTRIES)
-def _parsed_unique(policy: EmailPolicy, name: str, value: str):
-    return EmailPolicy.header_fetch_parse(policy, name, value)
+_parsed = functools.lru_cache(maxsize=CACHE_ENTRIES)(_parse_field)
+_parsed_unique = functools.lru_cache(maxsize=UNIQUE_CACHE_ENTRIES)(_parse_field)
 
 
 PARSE_POLICY = CachingPolicy()

@@ -29,6 +29,7 @@ from relay.parsing import parse_message
 from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, clean_header_text,
                            header_text, message_ids_in, new_message_id, rewrite_message)
 from relay.sender_auth import AuthResult, ClientInfo, SenderAuth
+from relay.smtpdata import crlf_only
 from relay.store import AuditRecord, Order, QueueEntry, Seller, StorageError, Store, utc_now_iso
 
 
@@ -245,10 +246,7 @@ class Pipeline:
                                       critical, dry_run)
         view = MessageView(subject=result.subject, parts=tuple(result.parts), attachments=tuple(result.attachments))
         ctx = await self._context(recipient, critical, is_reply_to_buyer)
-        if len(content) > OFF_LOOP_SIZE:
-            verdict = await asyncio.get_running_loop().run_in_executor(None, self.chain.run, view, ctx)
-        else:
-            verdict = self.chain.run(view, ctx)
+        verdict = await _sized(len(content), self.chain.run, view, ctx)
         if auto:
             # Recorded so the next automatic answer in this order is refused (RFC 3834 ping-pong).
             verdict = ChainResult(verdict.findings + (Finding("auto_reply", "", "header", "automatic reply"),),
@@ -514,11 +512,8 @@ def _smuggling_terminator(content: bytes) -> bool:
     `\\r.\\r`, `\\r\\n.\\n` and the rest of smtpsmug's list."""
     if b"." not in content:
         return False
-    crlf = content.count(b"\r\n")
-    if crlf and content.count(b"\n") == crlf and content.count(b"\r") == crlf:
-        # Only CRLF (every CR and LF is in one, counted without a copy of the
-        # message): aiosmtpd already split on the real terminator.
-        return False
+    if b"\r\n" in content and crlf_only(content):
+        return False  # only CRLF: aiosmtpd already split on the real terminator
     return _FAKE_TERMINATORS.search(content) is not None
 
 
@@ -530,18 +525,21 @@ def _header_block_end(content: bytes) -> int:
     return len(content)
 
 
+async def _sized(size: int, work, *args):
+    """`work(*args)` for a message of `size` octets: in a worker thread above
+    OFF_LOOP_SIZE, so that it does not hold up the other sessions."""
+    if size > OFF_LOOP_SIZE:
+        return await asyncio.get_running_loop().run_in_executor(None, work, *args)
+    return work(*args)
+
+
 async def _parse(content: bytes) -> EmailMessage:
-    if len(content) > OFF_LOOP_SIZE:
-        return await asyncio.get_running_loop().run_in_executor(None, parse_message, content)
-    return parse_message(content)
+    return await _sized(len(content), parse_message, content)
 
 
 async def _rewrite(message: EmailMessage, parties: Parties, threading: Threading,
                    redactions: tuple[tuple[str, str], ...], size: int) -> RewriteResult:
-    if size > OFF_LOOP_SIZE:
-        return await asyncio.get_running_loop().run_in_executor(
-            None, rewrite_message, message, parties, threading, redactions)
-    return rewrite_message(message, parties, threading, redactions)
+    return await _sized(size, rewrite_message, message, parties, threading, redactions)
 
 
 def check_structure(message: EmailMessage, settings: Settings) -> None:

@@ -24,6 +24,8 @@ import aiosmtplib
 # aiosmtplib's own framing of the content, so both paths send the same bytes.
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
+from relay.smtpdata import crlf_only
+
 MAX_REPLY_LENGTH = 8192  # a reply is a few lines; more is a broken or hostile server
 
 
@@ -144,8 +146,7 @@ def frame_content(message: bytes) -> tuple[int, list[bytes]]:
     line gets its CRLF, lines starting with "." get another.  The relay's
     own output needs none of that, and a 10 MiB message then goes out
     without three more copies of it (tests/test_pipelining.py compares)."""
-    crlf = message.count(b"\r\n")
-    clean = (message.endswith(b"\r\n") and message.count(b"\n") == crlf == message.count(b"\r")
+    clean = (message.endswith(b"\r\n") and crlf_only(message)
              and not message.startswith(b".") and b"\n." not in message)
     if clean:
         return len(message), [message, b".\r\n"]
@@ -174,20 +175,15 @@ class PipelinedConnection:
         if not self._transport.is_closing():
             self._transport.close()
 
-    def _send(self, data: bytes, replies: int) -> None:
-        if not self.is_connected:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost")
-        self._replies.expected += replies
-        self._transport.write(data)  # type: ignore[attr-defined]
-
-    def _send_chunks(self, chunks: list[bytes], replies: int) -> None:
+    def _send(self, chunks: list[bytes], replies: int) -> None:
+        """Write `chunks` (one write for all) that `replies` replies will answer."""
         if not self.is_connected:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
         self._replies.expected += replies
         self._transport.writelines(chunks)  # type: ignore[attr-defined]
 
     async def rset(self) -> None:
-        self._send(b"RSET\r\n", 1)
+        self._send([b"RSET\r\n"], 1)
         await self._replies.reply(self.timeout)
 
     async def sendmail(self, sender: str, recipients: list[str], message: bytes) -> tuple[dict, str]:
@@ -196,13 +192,13 @@ class PipelinedConnection:
         (recipient,) = recipients
         size_of_content, content = frame_content(message)
         size = f" SIZE={size_of_content}" if self._size else ""  # RFC 1870, counted as aiosmtplib does
-        self._send(f"MAIL FROM:<{sender}>{size}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii"), 3)
+        self._send([f"MAIL FROM:<{sender}>{size}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode("ascii")], 3)
         mail = await self._replies.reply(self.timeout)
         rcpt = await self._replies.reply(self.timeout)
         data = await self._replies.reply(self.timeout)
         if mail[0] != 250 or rcpt[0] not in (250, 251) or data[0] != 354:
             if data[0] == 354:  # a server that said go ahead anyway gets an empty message, then RSET
-                self._send(b".\r\n", 1)
+                self._send([b".\r\n"], 1)
                 await self._replies.reply(self.timeout)
             await self._reset_quietly()
             if mail[0] != 250:
@@ -210,7 +206,7 @@ class PipelinedConnection:
             if rcpt[0] not in (250, 251):
                 raise aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(rcpt[0], rcpt[1], recipient)])
             raise aiosmtplib.SMTPDataError(data[0], data[1])
-        self._send_chunks(content, 1)
+        self._send(content, 1)
         done = await self._replies.reply(self.timeout)
         if done[0] != 250:
             raise aiosmtplib.SMTPDataError(done[0], done[1])

@@ -37,6 +37,7 @@ from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 
 from relay.filters.attachments import declared_kind, sniff
 from relay.filters.base import Attachment, TextPart
+from relay.smtpdata import crlf_only
 
 OUT_POLICY = policy.SMTP.clone(max_line_length=78, refold_source="all")
 MAX_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
@@ -174,7 +175,7 @@ def may_hold_address(text: str) -> bool:
     if "@" in text or "%" in text or "=" in text or "\uff20" in text or "&#" in text:
         return True
     return any("&commat" in low or ("at" in low and _AT_WORD_HINT.search(low) is not None)
-               for low in _lowered_text_blocks(text, HINT_OVERLAP))
+               for _, low in _lowered_blocks(text, 0, len(text), HINT_OVERLAP))
 
 
 # The hints are at most 7 characters ("&commat"): blocks overlap by 6, so
@@ -183,15 +184,6 @@ def may_hold_address(text: str) -> bool:
 # which no hint holds) and never shortens one, so a block's lowercase is the
 # lowercase's block.
 HINT_OVERLAP = 6
-TEXT_BLOCK = 1 << 16
-
-
-def _lowered_text_blocks(text: str, overlap: int):
-    if len(text) <= TEXT_BLOCK:
-        yield text.lower()
-        return
-    for start in range(0, len(text), TEXT_BLOCK):
-        yield text[start:start + TEXT_BLOCK + overlap].lower()
 
 
 class Scrubber:
@@ -816,7 +808,8 @@ def _refuse_literal_leak(data: bytes, parties: Parties) -> None:
                            "email address; remove the address and send it again.")
 
 
-# The leak check lowercases this many octets at a time, not a copy of the whole message.
+# The leak check and the address hints lowercase this many octets (or
+# characters) at a time, not a copy of the whole message or text.
 LOWER_BLOCK = 1 << 16
 
 
@@ -840,10 +833,11 @@ def _holds_without(data: bytes, needles: list[bytes], cut: bytes) -> bool:
     return False
 
 
-def _lowered_blocks(data: bytes, begin: int, stop: int, overlap: int):
+def _lowered_blocks(data: bytes | str, begin: int, stop: int, overlap: int):
     """(offset, lowercase of data[offset:...]) covering data[begin:stop], each
-    block running `overlap` octets into the next, so a match of up to
-    overlap + 1 octets is whole in the block where it starts."""
+    block running `overlap` octets (characters) into the next, so a match of
+    up to overlap + 1 of them is whole in the block where it starts.  (A
+    block that is all of `data` is `data` itself: the slice makes no copy.)"""
     for offset in range(begin, stop, LOWER_BLOCK):
         yield offset, data[offset:min(offset + LOWER_BLOCK + overlap, stop)].lower()
 
@@ -925,8 +919,7 @@ def normalize_line_endings(data: bytes) -> bytes:
     (SMTP smuggling, THREATS #3; Postfix cleanup_replace_stray_cr_lf).
     Data that has only CRLF (every CR and every LF is in one) is returned
     as it is: counting is cheaper than three copies that change nothing."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\r") == crlf and data.count(b"\n") == crlf:
+    if crlf_only(data):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 

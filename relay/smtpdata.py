@@ -30,6 +30,13 @@ END = b"\r\n.\r\n"
 READ_SIZE = 1 << 20
 
 
+def crlf_only(data: bytes) -> bool:
+    """Does every CR and every LF in `data` belong to a CRLF?  Counted, so a
+    large message is not copied to find out."""
+    crlf = data.count(b"\r\n")
+    return data.count(b"\r") == crlf and data.count(b"\n") == crlf
+
+
 class DataState(enum.Enum):
     NOMINAL = enum.auto()
     TOO_LONG = enum.auto()

@@ -791,10 +791,8 @@ def release_all_claims(path: str, busy_timeout: float = 10.0) -> int:
     how many claims there were; a store that does not exist yet has none."""
     if not Path(path).exists():
         return 0
-    conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    conn = Store._open_writer(path, busy_timeout)
     try:
-        _configure_writer(conn, busy_timeout)
-        _migrate(conn)
         return conn.execute(
             "UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE claimed_until > 0").rowcount
     finally:

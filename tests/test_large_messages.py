@@ -207,7 +207,7 @@ def old_may_hold_address(text: str) -> bool:
 @given(st.lists(st.sampled_from(["a", "t", "A", "T", " ", "[", "]", "(", ")", "\n", "&", "commat", "COMMAT", "Σ",
                                  "İ", "\u212a", "x", "@", "%", "\u2003", "at", " AT "]), max_size=30).map("".join))
 def test_may_hold_address_equals_the_old_one(monkeypatch, text):
-    monkeypatch.setattr(rewrite, "TEXT_BLOCK", 2)
+    monkeypatch.setattr(rewrite, "LOWER_BLOCK", 2)
     assert rewrite.may_hold_address(text) == old_may_hold_address(text)
 
 
