@@ -40,7 +40,9 @@ def build_parser() -> ArgumentParser:
                             parents=[common])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
 
-    sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    serve = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
+    # Internal: how the primary starts a replacement worker process (relay.workers).
+    serve.add_argument("--acceptor", action="store_true", help=argparse.SUPPRESS)
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
 
     seller = sub.add_parser("seller", parents=[common], help="sellers").add_subparsers(
@@ -117,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_logging(settings.logging.level)
         _use_uvloop()
+        if args.acceptor:
+            return _serve_replacement_acceptor(settings, getattr(args, "config", None))
         return _serve_processes(settings, getattr(args, "config", None))
     from relay.logs import configure_logging
 
@@ -161,6 +165,17 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
                 os._exit(code)
         children.append(pid)
     return _run(serve(settings, config_path, role="primary", workers=children))
+
+
+def _serve_replacement_acceptor(settings: Settings, config_path: str | None) -> int:
+    """A worker the primary started in place of one that died.  It must not
+    drop claims as a service start does: the live processes hold theirs."""
+    from relay.server import serve
+
+    _die_with_parent()
+    if os.getppid() == 1:  # the primary died before the line above
+        return 1
+    return _run(serve(settings, config_path, role="acceptor"))
 
 
 def _die_with_parent() -> None:

@@ -77,6 +77,8 @@ class Delivery:
         self.store = store
         self.clock = clock
         self.log = get_logger()
+        # "<pid>.": the primary gives a dead worker's claims back by its pid
+        # (Store.release_claims_of_process).
         self.owner = f"{os.getpid()}.{secrets.token_hex(4)}"
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()

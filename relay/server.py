@@ -63,6 +63,7 @@ from relay.smtpdata import DataState, read_data
 from relay.store import QueueEntry, StorageError, Store
 from relay.tasks import cancel_and_wait
 from relay.tls import server_context
+from relay.workers import Workers, acceptor_command
 
 BANNER_IDENT = "ESMTP ready"
 INTERNAL_ERROR = "451 4.3.0 Internal error, please try again later"
@@ -1074,6 +1075,20 @@ class RelayDaemon:
             await self.store.close()
         self.log.info("relay.stopped")
 
+    async def worker_exited(self, pid: int) -> None:
+        """An acceptor process died: what it had taken to deliver goes back
+        to the queue, and this process's scan picks it up now."""
+        if self.store is None or self.stopping:
+            return
+        try:
+            released = await self.store.release_claims_of_process(pid)
+        except StorageError as exc:
+            self.log.warning("delivery.error", error="could not release a dead worker's claims", detail=str(exc)[:200])
+            return
+        if released and self.delivery is not None:
+            self.log.info("delivery.claims_released", pid=pid, entries=released)
+            self.delivery.wake()
+
     async def abort(self) -> None:
         """Undo a start-up that failed half-way."""
         for server in (self.server, self.submission_server, self.metrics_server):
@@ -1095,16 +1110,17 @@ def _address_of(server: asyncio.AbstractServer | None) -> str | None:
 async def serve(settings: Settings, config_path: str | None = None, role: str = "primary",
                 workers: list[int] | None = None) -> int:
     """Run one daemon process until SIGTERM.  With listen.workers > 1 the
-    primary also forwards SIGTERM and SIGHUP to its acceptor processes."""
+    primary also watches its acceptor processes (relay.workers): it replaces
+    one that dies and forwards SIGTERM and SIGHUP to them."""
     daemon = RelayDaemon(settings, config_path, role)
-    workers = workers or []
+    acceptors = Workers(workers or [], acceptor_command(config_path), daemon.log, daemon.worker_exited)
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: (daemon.sighup(), _signal_workers(workers, signal.SIGHUP)))
+    loop.add_signal_handler(signal.SIGHUP, lambda: (daemon.sighup(), acceptors.signal(signal.SIGHUP)))
     try:
         await daemon.start()
     except ConfigError as exc:
@@ -1120,14 +1136,15 @@ async def serve(settings: Settings, config_path: str | None = None, role: str = 
         await daemon.abort()
         return 1
     freeze_startup_heap()
+    acceptors.watch()
     if daemon.reload_pending:
         daemon.sighup()
     await stop.wait()
     loop.remove_signal_handler(signal.SIGHUP)
     notify.stopping()
-    _signal_workers(workers, signal.SIGTERM)
+    acceptors.terminate()
     await daemon.stop()
-    await _reap_workers(workers, daemon.settings.limits.drain_timeout + PIPELINE_GRACE + 5)
+    await acceptors.reap(daemon.settings.limits.drain_timeout + PIPELINE_GRACE + 5)
     return 0
 
 
@@ -1149,32 +1166,3 @@ def freeze_startup_heap() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
-
-
-def _signal_workers(workers: list[int], sig: int) -> None:
-    for pid in workers:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-async def _reap_workers(workers: list[int], timeout: float) -> None:
-    """Wait for the acceptor processes to drain and exit; kill the rest."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    pending = set(workers)
-    while pending:
-        for pid in list(pending):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = pid
-            if done:
-                pending.discard(pid)
-        if not pending:
-            break
-        if loop.time() > deadline:
-            _signal_workers(list(pending), signal.SIGKILL)
-            deadline = loop.time() + 5
-        await asyncio.sleep(0.05)

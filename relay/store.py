@@ -678,6 +678,15 @@ class Store:
 
         await self.transact(work)
 
+    async def release_claims_of_process(self, pid: int) -> int:
+        """Give back every entry a dead worker process held (its deliverer's
+        owner is "<pid>.<random>"); returns how many."""
+        def work(db: sqlite3.Connection) -> int:
+            return db.execute("UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by LIKE ?",
+                              (f"{int(pid)}.%",)).rowcount
+
+        return await self.transact(work)
+
     async def queue_message(self, entry_id: int) -> bytes | None:
         row = await self._read_one(
             "SELECT COALESCE(q.message, a.outbound) AS data FROM queue q LEFT JOIN audit a ON a.id = q.audit_id "

@@ -4,13 +4,21 @@ delivers what it accepted, none sends a message twice; SIGTERM stops them all.""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import signal
 import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
 
 import aiosmtplib
 
 from conftest import free_port
-from test_durability_and_delivery import queue
+from relay.workers import Workers
+from service_support import wait_for_event
+from test_durability_and_delivery import BUYER, queue, setup_order, wait_until
 
 
 def child_pids(pid: int) -> list[int]:
@@ -25,8 +33,8 @@ async def test_two_workers_accept_and_deliver_everything(relay_factory, sink):
     relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2}})
     relay.add_seller("s1", "Shop", ["sam@shop.example"])
     alias = relay.open_order("o1", "s1", "bob@buyer.test")["seller_alias"]
-    children = child_pids(relay.proc.pid)
-    assert len(children) == 1, children
+    children = await wait_until(lambda: child_pids(relay.proc.pid))
+    assert len(children) == 1, relay.log_lines
     count = 60
 
     async def send(n: int) -> None:
@@ -44,6 +52,7 @@ async def test_two_workers_accept_and_deliver_everything(relay_factory, sink):
     assert len(rows) == count and all(r["verdict"] == "accepted" for r in rows)
     assert await relay.stop(timeout=60) == 0
     assert len(sink.messages) == count  # nothing sent twice by the two deliverers
+    assert not relay.events("relay.worker_exited")
     assert {e["state"] for e in queue(relay)} == {"delivered"}
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
@@ -57,3 +66,89 @@ async def test_more_workers_need_a_fixed_port(tmp_path):
     result = subprocess.run([sys.executable, "-m", "relay", "--config", str(config), "check-config"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "listen.workers" in result.stderr
+
+
+def _claims(relay) -> dict[int, str]:
+    """Queue entry id -> the deliverer holding it ("<pid>.<random>")."""
+    with sqlite3.connect(f"file:{relay.workdir / 'relay.sqlite3'}?mode=ro", uri=True) as db:
+        return {i: owner or "" for i, owner in db.execute("SELECT id, claimed_by FROM queue")}
+
+
+_serial = itertools.count()
+
+
+def _send_until_claimed_by(relay, alias: str, pid: int, tries: int = 60) -> int:
+    """Send buyer messages until one is accepted (and so claimed) by process `pid`;
+    SO_REUSEPORT spreads connections by their source port."""
+    for _ in range(tries):
+        n = next(_serial)
+        data = f"From: {BUYER}\r\nTo: {alias}\r\nSubject: q{n}\r\n\r\nQuestion number {n}.\r\n"
+        with smtplib.SMTP(*relay.mx, timeout=30) as client:
+            client.sendmail(BUYER, [alias], data)
+        held = [i for i, owner in _claims(relay).items() if owner.startswith(f"{pid}.")]
+        if held:
+            return held[0]
+    raise AssertionError(f"no message landed on process {pid} in {tries} tries")
+
+
+async def test_a_worker_that_dies_is_replaced_and_its_messages_are_taken_over_at_once(relay_factory):
+    """kill -9 of an acceptor: the primary says so, gives the dead process's
+    delivery claims back (taken over now, not a 2-minute lease later), and
+    starts a replacement that takes mail on the same port."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # a smarthost that never answers: messages stay claimed
+    try:
+        relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2},
+                                     "delivery": {"smarthost": f"127.0.0.1:{silent.getsockname()[1]}",
+                                                  "timeout": 300.0}})
+        aliases = setup_order(relay)
+        (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
+        entry = _send_until_claimed_by(relay, aliases["seller_alias"], acceptor)
+
+        os.kill(acceptor, signal.SIGKILL)
+        (exited,) = await wait_for_event(relay, "relay.worker_exited", timeout=20)
+        assert exited["pid"] == acceptor
+        (released,) = await wait_for_event(relay, "delivery.claims_released", timeout=20)
+        assert released["pid"] == acceptor and released["entries"] >= 1
+        await wait_until(lambda: _claims(relay)[entry].startswith(f"{relay.proc.pid}."), timeout=20)
+
+        (started,) = await wait_for_event(relay, "relay.worker_started", timeout=20)
+        replacement = started["pid"]
+        assert child_pids(relay.proc.pid) == [replacement]
+        await wait_until(lambda: len(relay.events("relay.started")) >= 3, timeout=30)
+        _send_until_claimed_by(relay, aliases["seller_alias"], replacement)
+        assert await relay.stop(timeout=60) == 0
+        assert not relay.events("relay.worker_start_failed")
+        assert len(relay.events("relay.worker_started")) == 1  # nothing replaced on the way out
+    finally:
+        silent.close()
+
+
+async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly():
+    """A replacement that dies at once (say, a broken configuration file) is
+    started again after 1 s, then 2 s, 4 s...: the primary does not spin."""
+    events: list[tuple[str, dict]] = []
+
+    class Log:
+        def info(self, name, **fields):
+            events.append((name, fields))
+
+        error = info
+
+    async def nothing(pid: int) -> None:
+        return None
+
+    first = subprocess.Popen([sys.executable, "-c", "pass"])
+    pool = Workers([first.pid], [sys.executable, "-c", "raise SystemExit(2)"], Log(), nothing)
+    pool.watch()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while len([e for e in events if e[0] == "relay.worker_exited"]) < 3 and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    pool.terminate()
+    await pool.reap(10)
+    pauses = [fields["restart_in_s"] for name, fields in events if name == "relay.worker_exited"]
+    assert pauses[:3] == [1.0, 2.0, 4.0]
+    assert pool.pids == []
+    first.returncode = 0  # reaped by the pool, not by Popen

@@ -1,0 +1,178 @@
+"""The acceptor processes of `listen.workers > 1`, as the primary sees them.
+
+The CLI forks them before any event loop or thread exists.  The primary
+watches each one; when one dies (a crash, the OOM killer, a stray
+`kill -9`) it says so (`relay.worker_exited`), gives the dead process's
+delivery claims back to the queue, so its messages go out now rather than a
+lease later, and starts a replacement.  Without this the service would run
+on with fewer processes than configured and nobody would know.
+
+A replacement cannot be forked from the running primary (its SQLite and
+executor threads would be copied mid-flight), so it is a fresh interpreter
+running `relay serve --acceptor`, which binds the same ports (SO_REUSEPORT)
+and reads the configuration file as a reload would.  One that dies soon
+after its start is replaced after a pause that doubles up to a minute, so a
+broken configuration does not spin the CPU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Awaitable, Callable
+
+# An acceptor that lived at least this long died of something other than
+# its start-up; it is replaced at once.
+STEADY_AFTER = 30.0
+FIRST_PAUSE = 1.0
+LONGEST_PAUSE = 60.0
+
+
+def acceptor_command(config_path: str | None) -> list[str]:
+    """The command line of a replacement acceptor."""
+    config = ["--config", config_path] if config_path else []
+    return [sys.executable, "-m", "relay", *config, "serve", "--acceptor"]
+
+
+def acceptor_environment() -> dict[str, str]:
+    """Only the primary talks to systemd."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    return env
+
+
+class Workers:
+    """The primary's view of its acceptors: watch, replace, signal, reap."""
+
+    def __init__(self, pids: list[int], command: list[str], log,
+                 on_exit: Callable[[int], Awaitable[None]]):
+        self.command = command
+        self.log = log
+        self.on_exit = on_exit  # gives a dead process's claims back
+        self.stopping = False
+        self._started: dict[int, float] = {}
+        self._pidfds: dict[int, int] = {}
+        self._pause = FIRST_PAUSE
+        self._pending_start: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._initial = list(pids)
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self._started)
+
+    def watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        for pid in self._initial:
+            self._watch(pid, loop.time())
+
+    def _watch(self, pid: int, started: float) -> None:
+        self._started[pid] = started
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # not Linux 5.3+, or already reaped
+            self._reap_later(pid)
+            return
+        self._pidfds[pid] = fd
+        asyncio.get_running_loop().add_reader(fd, self._exited, pid)
+
+    def _reap_later(self, pid: int) -> None:
+        """No pidfd: look for the exit once a second instead."""
+        async def poll() -> None:
+            while pid in self._started:
+                if self._reap(pid) is not None:
+                    self._after_exit(pid)
+                    return
+                await asyncio.sleep(1.0)
+        self._spawn_task(poll())
+
+    def _exited(self, pid: int) -> None:
+        fd = self._pidfds.pop(pid, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+        if self._reap(pid) is None:  # readable yet not exited: cannot happen; keep watching
+            self._reap_later(pid)
+            return
+        self._after_exit(pid)
+
+    def _reap(self, pid: int) -> int | None:
+        """The process's exit code (negative: killed by that signal), or None."""
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return -1
+        return os.waitstatus_to_exitcode(status) if done else None
+
+    def _after_exit(self, pid: int) -> None:
+        loop = asyncio.get_running_loop()
+        started = self._started.pop(pid, loop.time())
+        if self.stopping:
+            return
+        lived = loop.time() - started
+        if lived >= STEADY_AFTER:
+            pause, self._pause = 0.0, FIRST_PAUSE
+        else:
+            pause, self._pause = self._pause, min(self._pause * 2, LONGEST_PAUSE)
+        self.log.error("relay.worker_exited", pid=pid, lived_s=round(lived, 1), restart_in_s=pause)
+        self._spawn_task(self.on_exit(pid))
+        if self._pending_start is None:
+            self._pending_start = loop.call_later(pause, self._start_one)
+
+    def _start_one(self) -> None:
+        self._pending_start = None
+        if self.stopping:
+            return
+        try:
+            pid = os.posix_spawn(self.command[0], self.command, acceptor_environment())
+        except OSError as exc:
+            self.log.error("relay.worker_start_failed", error=str(exc))
+            self._pending_start = asyncio.get_running_loop().call_later(LONGEST_PAUSE, self._start_one)
+            return
+        self.log.info("relay.worker_started", pid=pid)
+        self._watch(pid, asyncio.get_running_loop().time())
+
+    def _spawn_task(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def signal(self, sig: int) -> None:
+        for pid in self.pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self) -> None:
+        """SIGTERM every acceptor (they drain as the primary does); nothing
+        is replaced from here on."""
+        self.stopping = True
+        if self._pending_start is not None:
+            self._pending_start.cancel()
+        loop = asyncio.get_running_loop()
+        for fd in self._pidfds.values():
+            loop.remove_reader(fd)
+            os.close(fd)
+        self._pidfds.clear()
+        self.signal(signal.SIGTERM)
+
+    async def reap(self, timeout: float) -> None:
+        """Wait for the acceptors to exit; kill what is left at `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._started:
+            for pid in self.pids:
+                if self._reap(pid) is not None:
+                    self._started.pop(pid, None)
+            if not self._started:
+                break
+            if loop.time() > deadline:
+                self.signal(signal.SIGKILL)
+                deadline = loop.time() + 5
+            await asyncio.sleep(0.05)
+        for task in list(self._tasks):
+            task.cancel()
