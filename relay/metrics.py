@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from time import perf_counter
 
 from prometheus_client import (
@@ -229,8 +229,13 @@ async def start_http(
     read_timeout: float = READ_TIMEOUT,
     max_header_bytes: int = MAX_HEADER_BYTES,
     max_connections: int = MAX_CONNECTIONS,
+    refresh: Callable[[], Awaitable[None]] | None = None,
 ) -> asyncio.AbstractServer:
     """Serve ``GET /metrics`` and ``GET /healthz`` on ``host:port`` (port 0: any free port).
+
+    ``refresh``, if given, is awaited before each ``/metrics`` answer: gauges
+    that cost a store query (the queue's) are read when someone looks, not
+    after every message.
 
     ``/healthz`` answers 200 ``ok`` once ``ready()`` is true, 503 before (and if
     ``ready`` raises). The caller owns the returned server: ``server.close()`` and
@@ -247,6 +252,8 @@ async def start_http(
             try:
                 async with asyncio.timeout(read_timeout):
                     method, path = await _read_request(reader, max_header_bytes)
+                if refresh is not None and path == "/metrics" and method in ("GET", "HEAD"):
+                    await refresh()
                 response = _route(method, path, metrics, ready)
             except _RequestError as error:
                 response = _response(error.status, f"{_REASONS[error.status].lower()}\n".encode(), _TEXT)

@@ -94,7 +94,6 @@ SUBMISSION_OWN_ORDERS_ONLY = ("550 5.7.1 The submission port accepts mail only t
 # aiosmtpd's other commands (EHLO, HELO, MAIL, RCPT, DATA, QUIT, STARTTLS, AUTH)
 # are bounded by other guards; this only stops a runaway client.
 OTHER_COMMAND_LIMIT = 1000
-QUEUE_STATS_INTERVAL = 5.0  # seconds between queue gauge refreshes when nothing happens
 PRUNE_INTERVAL = 60.0  # seconds between rate-limiter clean-ups
 PIPELINE_GRACE = 10.0  # after the drain: a message being committed is not cut off
 
@@ -857,7 +856,6 @@ class RelayDaemon:
         self.reload_pending = False
         self._tasks: list[asyncio.Task] = []
         self._data_event = asyncio.Event()
-        self._stats_due = asyncio.Event()
 
     # ------------------------------------------------------------- start-up
 
@@ -875,7 +873,8 @@ class RelayDaemon:
         if s.metrics.listen and self.role == "primary":
             host, port = parse_hostport("metrics.listen", s.metrics.listen)
             try:
-                self.metrics_server = await start_http(self.metrics, host, port, ready=lambda: self.ready)
+                self.metrics_server = await start_http(self.metrics, host, port, ready=lambda: self.ready,
+                                                       refresh=self._refresh_queue_stats)
             except OSError as exc:
                 raise StartError(f"cannot listen on metrics.listen {s.metrics.listen}: {exc.strerror or exc}") \
                     from None
@@ -933,11 +932,9 @@ class RelayDaemon:
             self.delivery.submit(entry, data)
         else:
             self.delivery.wake()
-        self._stats_due.set()
 
     def _delivery_outcome(self, outcome: str) -> None:
         self.metrics.delivery(outcome)
-        self._stats_due.set()
 
     async def _refresh_queue_stats(self) -> None:
         if self.store is None:
@@ -949,21 +946,13 @@ class RelayDaemon:
         self.metrics.set_queue(depth, oldest)
 
     async def _housekeeping(self) -> None:
-        """Queue gauges (soon after a change, else every few seconds) and
-        rate-limiter clean-up."""
-        loop = asyncio.get_running_loop()
-        next_prune = loop.time() + PRUNE_INTERVAL
+        """Rate-limiter clean-up.  (The queue gauges are read when /metrics
+        is scraped: refreshing them after every message cost a store query
+        each, about 3 % of the event loop under load.)"""
         while True:
-            try:
-                await asyncio.wait_for(self._stats_due.wait(), timeout=QUEUE_STATS_INTERVAL)
-            except asyncio.TimeoutError:
-                pass
-            self._stats_due.clear()
-            await self._refresh_queue_stats()
-            if loop.time() >= next_prune:
-                self.harvest.prune()
-                self.auth_limiter.prune()
-                next_prune = loop.time() + PRUNE_INTERVAL
+            await asyncio.sleep(PRUNE_INTERVAL)
+            self.harvest.prune()
+            self.auth_limiter.prune()
 
     # -------------------------------------------------------------- SIGHUP
 

@@ -179,6 +179,30 @@ def test_docs_name_every_metric() -> None:
         assert exported in doc, exported
 
 
+async def test_queue_gauges_are_read_when_scraped_not_after_every_message() -> None:
+    """The daemon passes a refresh that queries the store; it runs once per
+    /metrics answer, before it, and never for /healthz."""
+    calls: list[int] = []
+    holder: dict[str, Served] = {}
+
+    async def refresh() -> None:
+        calls.append(1)
+        holder["s"].metrics.set_queue(len(calls) * 10, 5.0)
+
+    s, server = await serve({"ready": True}, refresh=refresh)
+    holder["s"] = s
+    try:
+        await s.get("/healthz")
+        assert calls == []
+        _, _, body = await s.get("/metrics")
+        assert calls == [1] and "relay_queue_depth 10.0" in body.decode()
+        _, _, body = await s.get("/metrics")
+        assert "relay_queue_depth 20.0" in body.decode()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
 async def test_healthz_follows_ready(served: Served) -> None:
     status, _, body = await served.get("/healthz")
     assert (status, body) == (503, b"not ready\n")
