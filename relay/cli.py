@@ -43,6 +43,7 @@ def build_parser() -> ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the daemon in the foreground")
     # Internal: how the primary starts a replacement worker process (relay.workers).
     serve.add_argument("--acceptor", action="store_true", help=argparse.SUPPRESS)
+    serve.add_argument("--listen-fd", action="append", default=[], help=argparse.SUPPRESS)
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
 
     seller = sub.add_parser("seller", parents=[common], help="sellers").add_subparsers(
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.logging.level)
         _use_uvloop()
         if args.acceptor:
-            return _serve_replacement_acceptor(settings, getattr(args, "config", None))
+            return _serve_replacement_acceptor(settings, getattr(args, "config", None), args.listen_fd)
         return _serve_processes(settings, getattr(args, "config", None))
     from relay.logs import configure_logging
 
@@ -138,10 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve_processes(settings: Settings, config_path: str | None) -> int:
     """One process per listen.workers, forked before any event loop or
-    thread exists.  They share the listening ports with SO_REUSEPORT and the
-    store through SQLite; each delivers what it accepted (relay.delivery).
-    Delivery claims left by a process that was killed are dropped first, so
-    its messages go out now rather than a lease later."""
+    thread exists.  They accept from the same listening sockets
+    (relay.listeners) and share the store through SQLite; each delivers what
+    it accepted (relay.delivery).  Delivery claims left by a process that was
+    killed are dropped first, so its messages go out now rather than a lease
+    later."""
+    from relay.listeners import ListenError, bind
     from relay.server import serve
     from relay.store import release_all_claims
 
@@ -151,6 +154,15 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
         pass  # the daemon's own open of the store says what is wrong
     if settings.listen.workers <= 1:
         return _run(serve(settings, config_path))
+    try:
+        listeners = {key: bind(key, value) for key, value in
+                     (("listen.mx", settings.listen.mx), ("listen.submission", settings.listen.submission))
+                     if value}
+    except ListenError as exc:
+        from relay.logs import get_logger
+
+        get_logger().error("relay.stopped", error=str(exc))
+        return 1
     children: list[int] = []
     for _ in range(settings.listen.workers - 1):
         pid = os.fork()
@@ -160,22 +172,24 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
             _die_with_parent()
             code = 1
             try:
-                code = _run(serve(settings, config_path, role="acceptor"))
+                code = _run(serve(settings, config_path, role="acceptor", listeners=listeners))
             finally:
                 os._exit(code)
         children.append(pid)
-    return _run(serve(settings, config_path, role="primary", workers=children))
+    return _run(serve(settings, config_path, role="primary", workers=children, listeners=listeners))
 
 
-def _serve_replacement_acceptor(settings: Settings, config_path: str | None) -> int:
-    """A worker the primary started in place of one that died.  It must not
-    drop claims as a service start does: the live processes hold theirs."""
+def _serve_replacement_acceptor(settings: Settings, config_path: str | None, listen_fds: list[str]) -> int:
+    """A worker the primary started in place of one that died, on the
+    listening sockets it inherited.  It must not drop claims as a service
+    start does: the live processes hold theirs."""
+    from relay.listeners import inherit
     from relay.server import serve
 
     _die_with_parent()
     if os.getppid() == 1:  # the primary died before the line above
         return 1
-    return _run(serve(settings, config_path, role="acceptor"))
+    return _run(serve(settings, config_path, role="acceptor", listeners=inherit(listen_fds)))
 
 
 def _die_with_parent() -> None:

@@ -43,8 +43,8 @@ class ListenSection:
     mx: str = "127.0.0.1:2525"
     # Sellers' submission port (STARTTLS, then AUTH); "" = off. Needs [tls].
     submission: str = ""
-    # Processes accepting on the same ports (SO_REUSEPORT), one per core; the
-    # first also delivers. More than 1 needs fixed ports (not port 0).
+    # Processes accepting from the same listening sockets, one per core; each
+    # delivers what it accepted. More than 1 needs fixed ports (not port 0).
     workers: int = 1
 
 

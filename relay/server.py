@@ -38,6 +38,7 @@ import inspect
 import os
 import re
 import signal
+import socket
 import time
 from base64 import b64decode
 from email._header_value_parser import get_addr_spec
@@ -52,6 +53,7 @@ from relay import notify
 from relay.aliases import AddressError, normalize_address, split_address
 from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport
 from relay.delivery import Delivery
+from relay.listeners import BACKLOG
 from relay.limits import ConnectionLimiter, RateLimiter, ip_key, tarpit_delay
 from relay.logs import get_logger
 from relay.metrics import Metrics, start_http
@@ -827,9 +829,14 @@ def _server_tls(settings: Settings):
 class RelayDaemon:
     """Store, pipeline, delivery and listeners, started and stopped together."""
 
-    def __init__(self, settings: Settings, config_path: str | None = None, role: str = "primary"):
+    def __init__(self, settings: Settings, config_path: str | None = None, role: str = "primary",
+                 listeners: dict[str, list[socket.socket]] | None = None):
         self.settings = settings
         self.config_path = config_path
+        # listen.workers > 1: sockets bound before the fork, shared by all
+        # processes (relay.listeners); else each listener is bound here.
+        self.listeners = listeners or {}
+        self._more_servers: list[asyncio.AbstractServer] = []  # a host name's further addresses
         # Every process takes mail and delivers what it took (relay.delivery
         # claims keep two from sending one entry); only the "primary" serves
         # metrics.  The others (listen.workers > 1) are "acceptor"s.
@@ -888,11 +895,15 @@ class RelayDaemon:
         notify.ready()
 
     async def _listen(self, key: str, value: str, factory: Callable[[], RelaySMTP]) -> asyncio.AbstractServer:
+        loop = asyncio.get_running_loop()
+        shared = self.listeners.get(key)
+        if shared:
+            servers = [await loop.create_server(factory, sock=sock, backlog=BACKLOG) for sock in shared]
+            self._more_servers += servers[1:]
+            return servers[0]
         host, port = parse_hostport(key, value)
         try:
-            return await asyncio.get_running_loop().create_server(
-                factory, host=host, port=port, reuse_address=True,
-                reuse_port=self.settings.listen.workers > 1 or None)
+            return await loop.create_server(factory, host=host, port=port, reuse_address=True, backlog=BACKLOG)
         except OSError as exc:
             raise StartError(f"cannot listen on {key} {value}: {exc.strerror or exc}") from None
 
@@ -1021,7 +1032,7 @@ class RelayDaemon:
         drain = self.settings.limits.drain_timeout if drain_seconds is None else drain_seconds
         self.ready = False
         self.stopping = True
-        for server in (self.server, self.submission_server):
+        for server in (self.server, self.submission_server, *self._more_servers):
             if server is not None:
                 server.close()
         sessions = self.handler.sessions if self.handler is not None else set()
@@ -1080,7 +1091,7 @@ class RelayDaemon:
 
     async def abort(self) -> None:
         """Undo a start-up that failed half-way."""
-        for server in (self.server, self.submission_server, self.metrics_server):
+        for server in (self.server, self.submission_server, self.metrics_server, *self._more_servers):
             if server is not None:
                 server.close()
         if self.delivery is not None:
@@ -1097,12 +1108,14 @@ def _address_of(server: asyncio.AbstractServer | None) -> str | None:
 
 
 async def serve(settings: Settings, config_path: str | None = None, role: str = "primary",
-                workers: list[int] | None = None) -> int:
+                workers: list[int] | None = None, listeners: dict[str, list[socket.socket]] | None = None) -> int:
     """Run one daemon process until SIGTERM.  With listen.workers > 1 the
     primary also watches its acceptor processes (relay.workers): it replaces
-    one that dies and forwards SIGTERM and SIGHUP to them."""
-    daemon = RelayDaemon(settings, config_path, role)
-    acceptors = Workers(workers or [], acceptor_command(config_path), daemon.log, daemon.worker_exited)
+    one that dies and forwards SIGTERM and SIGHUP to them.  `listeners` are
+    the sockets all of them share (relay.listeners)."""
+    daemon = RelayDaemon(settings, config_path, role, listeners)
+    acceptors = Workers(workers or [], acceptor_command(config_path, listeners or {}), daemon.log,
+                        daemon.worker_exited)
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()

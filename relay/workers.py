@@ -9,8 +9,8 @@ on with fewer processes than configured and nobody would know.
 
 A replacement cannot be forked from the running primary (its SQLite and
 executor threads would be copied mid-flight), so it is a fresh interpreter
-running `relay serve --acceptor`, which binds the same ports (SO_REUSEPORT)
-and reads the configuration file as a reload would.  One that dies soon
+running `relay serve --acceptor`: it inherits the listening sockets
+(relay.listeners) and reads the configuration file as a reload would.  One that dies soon
 after its start is replaced after a pause that doubles up to a minute, so a
 broken configuration does not spin the CPU.
 """
@@ -20,8 +20,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+import subprocess
 import sys
 from typing import Awaitable, Callable
+
+from relay.listeners import fd_arguments
 
 # An acceptor that lived at least this long died of something other than
 # its start-up; it is replaced at once.
@@ -30,10 +34,13 @@ FIRST_PAUSE = 1.0
 LONGEST_PAUSE = 60.0
 
 
-def acceptor_command(config_path: str | None) -> list[str]:
-    """The command line of a replacement acceptor."""
+def acceptor_command(config_path: str | None,
+                     listeners: dict[str, list[socket.socket]]) -> tuple[list[str], list[int]]:
+    """The command line of a replacement acceptor, and the listening
+    descriptors it inherits."""
     config = ["--config", config_path] if config_path else []
-    return [sys.executable, "-m", "relay", *config, "serve", "--acceptor"]
+    fd_args, fds = fd_arguments(listeners)
+    return [sys.executable, "-m", "relay", *config, "serve", "--acceptor", *fd_args], fds
 
 
 def acceptor_environment() -> dict[str, str]:
@@ -47,9 +54,10 @@ def acceptor_environment() -> dict[str, str]:
 class Workers:
     """The primary's view of its acceptors: watch, replace, signal, reap."""
 
-    def __init__(self, pids: list[int], command: list[str], log,
+    def __init__(self, pids: list[int], command: tuple[list[str], list[int]], log,
                  on_exit: Callable[[int], Awaitable[None]]):
-        self.command = command
+        self.command, self.pass_fds = command
+        self._processes: dict[int, subprocess.Popen] = {}  # the replacements
         self.log = log
         self.on_exit = on_exit  # gives a dead process's claims back
         self.stopping = False
@@ -101,6 +109,12 @@ class Workers:
 
     def _reap(self, pid: int) -> int | None:
         """The process's exit code (negative: killed by that signal), or None."""
+        process = self._processes.get(pid)
+        if process is not None:  # Popen reaps its own, and keeps the code
+            code = process.poll()
+            if code is not None:
+                del self._processes[pid]
+            return code
         try:
             done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
@@ -127,11 +141,14 @@ class Workers:
         if self.stopping:
             return
         try:
-            pid = os.posix_spawn(self.command[0], self.command, acceptor_environment())
+            process = subprocess.Popen(self.command, env=acceptor_environment(), pass_fds=self.pass_fds,
+                                       stdin=subprocess.DEVNULL)
         except OSError as exc:
             self.log.error("relay.worker_start_failed", error=str(exc))
             self._pending_start = asyncio.get_running_loop().call_later(LONGEST_PAUSE, self._start_one)
             return
+        pid = process.pid
+        self._processes[pid] = process
         self.log.info("relay.worker_started", pid=pid)
         self._watch(pid, asyncio.get_running_loop().time())
 

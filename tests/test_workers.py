@@ -16,6 +16,7 @@ import sys
 import aiosmtplib
 
 from conftest import free_port
+from relay.listeners import bind, fd_arguments, inherit
 from relay.workers import Workers
 from service_support import wait_for_event
 from test_durability_and_delivery import BUYER, queue, setup_order, wait_until
@@ -56,6 +57,49 @@ async def test_two_workers_accept_and_deliver_everything(relay_factory, sink):
     assert {e["state"] for e in queue(relay)} == {"delivered"}
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def _listening_inodes(pid: int, port: int) -> set[str]:
+    """The socket inodes process `pid` listens on at `port`."""
+    wanted = set()
+    with open(f"/proc/{pid}/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].split(":")[1], 16) == port:  # LISTEN
+                wanted.add(fields[9])
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in wanted:
+            held.add(target[8:-1])
+    return held
+
+
+async def test_a_stalled_worker_strands_no_new_connection(relay_factory, sink):
+    """The processes accept from one shared socket (relay.listeners), so the
+    one that is free takes the next connection.  With a socket per process
+    (SO_REUSEPORT) the kernel would hand about half of them to a stalled
+    process, where they would wait unanswered."""
+    relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2}})
+    relay.add_seller("s1", "Shop", ["sam@shop.example"])
+    alias = relay.open_order("o1", "s1", "bob@buyer.test")["seller_alias"]
+    (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
+    await wait_until(lambda: len(relay.events("relay.started")) == 2)
+    shared = _listening_inodes(relay.proc.pid, relay.mx[1])
+    assert len(shared) == 1 and _listening_inodes(acceptor, relay.mx[1]) == shared
+    os.kill(acceptor, signal.SIGSTOP)
+    try:
+        for n in range(12):
+            data = f"From: bob@buyer.test\r\nTo: {alias}\r\nSubject: q{n}\r\n\r\nQuestion {n}.\r\n"
+            with smtplib.SMTP(*relay.mx, timeout=10) as client:
+                client.sendmail("bob@buyer.test", [alias], data)
+        await sink.wait_for_count(12, timeout=30)
+    finally:
+        os.kill(acceptor, signal.SIGCONT)
+    assert await relay.stop(timeout=60) == 0
 
 
 async def test_more_workers_need_a_fixed_port(tmp_path):
@@ -140,7 +184,7 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly(
         return None
 
     first = subprocess.Popen([sys.executable, "-c", "pass"])
-    pool = Workers([first.pid], [sys.executable, "-c", "raise SystemExit(2)"], Log(), nothing)
+    pool = Workers([first.pid], ([sys.executable, "-c", "raise SystemExit(2)"], []), Log(), nothing)
     pool.watch()
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
@@ -152,3 +196,33 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly(
     assert pauses[:3] == [1.0, 2.0, 4.0]
     assert pool.pids == []
     first.returncode = 0  # reaped by the pool, not by Popen
+
+
+def test_a_replacement_inherits_the_very_sockets_named_on_its_command_line():
+    sockets = bind("listen.mx", "127.0.0.1:0")
+    try:
+        args, fds = fd_arguments({"listen.mx": sockets})
+        assert args == ["--listen-fd", f"listen.mx={sockets[0].fileno()}"] and fds == [sockets[0].fileno()]
+        (inherited,) = inherit([args[1]])["listen.mx"]
+        assert inherited.getsockname() == sockets[0].getsockname()
+        inherited.detach()  # the same descriptor: closed once, below
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def test_workers_cannot_start_on_a_port_in_use(tmp_path):
+    """The shared sockets are bound before the fork: a port in use is one
+    sentence and exit 1, as with one process."""
+    busy = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = busy.getsockname()[1]
+        config = tmp_path / "c.toml"
+        config.write_text(f'[listen]\nmx = "127.0.0.1:{port}"\nworkers = 2\n'
+                          f'[store]\npath = "{tmp_path / "s.sqlite3"}"\n')
+        result = subprocess.run([sys.executable, "-m", "relay", "--config", str(config), "serve"],
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1
+        assert f"cannot listen on listen.mx 127.0.0.1:{port}: Address already in use" in result.stderr
+    finally:
+        busy.close()
