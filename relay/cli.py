@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 from relay.aliases import AddressError, mint_alias, normalize_address
 from relay.config import ConfigError, Settings, check_files, load_settings
+from relay.sharing import ListenError, Shared
 from relay.store import NotFound, StorageError, Store
 
 
@@ -44,6 +45,7 @@ def build_parser() -> ArgumentParser:
     # Internal: how the primary starts a replacement worker process (relay.workers).
     serve.add_argument("--acceptor", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--listen-fd", action="append", default=[], help=argparse.SUPPRESS)
+    serve.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
 
     seller = sub.add_parser("seller", parents=[common], help="sellers").add_subparsers(
@@ -121,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.logging.level)
         _use_uvloop()
         if args.acceptor:
-            return _serve_replacement_acceptor(settings, getattr(args, "config", None), args.listen_fd)
+            return _serve_replacement_acceptor(settings, getattr(args, "config", None),
+                                               Shared.inherit(args.listen_fd, args.metrics_fd))
         return _serve_processes(settings, getattr(args, "config", None))
     from relay.logs import configure_logging
 
@@ -140,11 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve_processes(settings: Settings, config_path: str | None) -> int:
     """One process per listen.workers, forked before any event loop or
     thread exists.  They accept from the same listening sockets
-    (relay.listeners) and share the store through SQLite; each delivers what
+    (relay.sharing) and share the store through SQLite; each delivers what
     it accepted (relay.delivery).  Delivery claims left by a process that was
     killed are dropped first, so its messages go out now rather than a lease
     later."""
-    from relay.listeners import ListenError, bind
     from relay.server import serve
     from relay.store import release_all_claims
 
@@ -155,9 +157,7 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
     if settings.listen.workers <= 1:
         return _run(serve(settings, config_path))
     try:
-        listeners = {key: bind(key, value) for key, value in
-                     (("listen.mx", settings.listen.mx), ("listen.submission", settings.listen.submission))
-                     if value}
+        shared = Shared.create(settings)
     except ListenError as exc:
         from relay.logs import get_logger
 
@@ -172,24 +172,23 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
             _die_with_parent()
             code = 1
             try:
-                code = _run(serve(settings, config_path, role="acceptor", listeners=listeners))
+                code = _run(serve(settings, config_path, role="acceptor", shared=shared))
             finally:
                 os._exit(code)
         children.append(pid)
-    return _run(serve(settings, config_path, role="primary", workers=children, listeners=listeners))
+    return _run(serve(settings, config_path, role="primary", workers=children, shared=shared))
 
 
-def _serve_replacement_acceptor(settings: Settings, config_path: str | None, listen_fds: list[str]) -> int:
+def _serve_replacement_acceptor(settings: Settings, config_path: str | None, shared: Shared) -> int:
     """A worker the primary started in place of one that died, on the
     listening sockets it inherited.  It must not drop claims as a service
     start does: the live processes hold theirs."""
-    from relay.listeners import inherit
     from relay.server import serve
 
     _die_with_parent()
     if os.getppid() == 1:  # the primary died before the line above
         return 1
-    return _run(serve(settings, config_path, role="acceptor", listeners=inherit(listen_fds)))
+    return _run(serve(settings, config_path, role="acceptor", shared=shared))
 
 
 def _die_with_parent() -> None:

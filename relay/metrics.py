@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
 import re
 from collections.abc import Awaitable, Callable, Iterator
 from time import perf_counter
@@ -27,6 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.samples import Sample
 
 __all__ = ["DELIVERY_OUTCOMES", "TRANSACTION_BUCKETS", "Metrics", "start_http"]
 
@@ -52,6 +55,8 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._others: dict[int, dict] = {}  # pid -> its latest snapshot, keyed by _sample_key
+        self._retired: set[int] = set()
         self.messages_accepted = Counter(
             "relay_messages_accepted",
             "Messages accepted (durably stored, 250 sent).",
@@ -130,8 +135,93 @@ class Metrics:
             self.transaction_seconds.observe(perf_counter() - start)
 
     def render(self) -> bytes:
-        """The Prometheus text exposition of this registry."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition of this registry, plus what the
+        other worker processes reported (see `absorb`)."""
+        if not self._others:
+            return generate_latest(self.registry)
+        return generate_latest(_Summed(self.registry, self._others_total()))
+
+    # With listen.workers > 1, the processes other than the primary send their
+    # counters (relay.sharing) and the primary adds them to its own.
+
+    def snapshot(self) -> bytes:
+        """This process's counters, histogram and summed gauges as one
+        datagram: [[sample name, labels, value], ...], zeros left out."""
+        samples = [[sample.name, sample.labels, sample.value]
+                   for family in self.registry.collect() if _summed(family)
+                   for sample in family.samples
+                   if sample.value and not sample.name.endswith("_created")]
+        return json.dumps({"pid": os.getpid(), "samples": samples}, separators=(",", ":")).encode()
+
+    def absorb(self, datagram: bytes) -> None:
+        """Keep the latest snapshot of another process (ignoring garbage)."""
+        try:
+            report = json.loads(datagram)
+            pid = int(report["pid"])
+            samples = {_sample_key(name, labels): float(value) for name, labels, value in report["samples"]}
+        except (ValueError, TypeError, KeyError):
+            return
+        if pid not in self._retired:
+            self._others[pid] = samples
+
+    def retire(self, pid: int) -> None:
+        """A worker process exited: its counters stay in the totals (they
+        never go down), its open sessions do not."""
+        samples = self._others.get(pid)
+        if samples is not None:
+            self._others[pid] = {k: v for k, v in samples.items() if k[0] not in LIVE_GAUGES}
+        self._retired.add(pid)
+
+    def _others_total(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        total: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        for samples in self._others.values():
+            for key, value in samples.items():
+                total[key] = total.get(key, 0.0) + value
+        return total
+
+
+# Gauges that are per-process amounts the service total adds up; the queue
+# gauges are read from the shared store and are not added.
+LIVE_GAUGES = frozenset({"relay_sessions_open"})
+
+
+def _summed(family) -> bool:
+    return family.type in ("counter", "histogram") or family.name in LIVE_GAUGES
+
+
+def _sample_key(name: str, labels: dict[str, str]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    return name, tuple(sorted(labels.items()))
+
+
+class _Summed:
+    """A registry view: each sample of `registry` plus the other processes'
+    value for it; label sets only the others have seen are added."""
+
+    def __init__(self, registry: CollectorRegistry, others: dict) -> None:
+        self.registry = registry
+        self.others = others
+
+    def collect(self):
+        for family in self.registry.collect():
+            if not _summed(family):
+                yield family
+                continue
+            seen = set()
+            samples = []
+            for sample in family.samples:
+                key = _sample_key(sample.name, sample.labels)
+                seen.add(key)
+                samples.append(sample._replace(value=sample.value + self.others.get(key, 0.0)))
+            for (name, labels), value in sorted(self.others.items()):
+                if (name, labels) not in seen and _belongs(name, family):
+                    samples.append(Sample(name, dict(labels), value))
+            family.samples = samples
+            yield family
+
+
+def _belongs(sample_name: str, family) -> bool:
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}[family.type]
+    return any(sample_name == family.name + suffix for suffix in suffixes)
 
 
 # --- HTTP -------------------------------------------------------------------------

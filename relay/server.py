@@ -53,7 +53,7 @@ from relay import notify
 from relay.aliases import AddressError, normalize_address, split_address
 from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport
 from relay.delivery import Delivery
-from relay.listeners import BACKLOG
+from relay.sharing import BACKLOG, Shared
 from relay.limits import ConnectionLimiter, RateLimiter, ip_key, tarpit_delay
 from relay.logs import get_logger
 from relay.metrics import Metrics, start_http
@@ -96,7 +96,9 @@ SUBMISSION_OWN_ORDERS_ONLY = ("550 5.7.1 The submission port accepts mail only t
 # aiosmtpd's other commands (EHLO, HELO, MAIL, RCPT, DATA, QUIT, STARTTLS, AUTH)
 # are bounded by other guards; this only stops a runaway client.
 OTHER_COMMAND_LIMIT = 1000
-PRUNE_INTERVAL = 60.0  # seconds between rate-limiter clean-ups
+PRUNE_INTERVAL = 60.0
+METRICS_REPORT_INTERVAL = 1.0  # seconds between an acceptor's counter reports to the primary
+METRICS_DATAGRAM_MAX = 1 << 16  # seconds between rate-limiter clean-ups
 PIPELINE_GRACE = 10.0  # after the drain: a message being committed is not cut off
 
 # aiosmtpd's fixed replies, given enhanced status codes (RFC 3463).
@@ -830,12 +832,12 @@ class RelayDaemon:
     """Store, pipeline, delivery and listeners, started and stopped together."""
 
     def __init__(self, settings: Settings, config_path: str | None = None, role: str = "primary",
-                 listeners: dict[str, list[socket.socket]] | None = None):
+                 shared: Shared | None = None):
         self.settings = settings
         self.config_path = config_path
-        # listen.workers > 1: sockets bound before the fork, shared by all
-        # processes (relay.listeners); else each listener is bound here.
-        self.listeners = listeners or {}
+        # listen.workers > 1: the listening sockets and the metrics feed, made
+        # before the fork (relay.sharing); else each listener is bound here.
+        self.shared = shared or Shared()
         self._more_servers: list[asyncio.AbstractServer] = []  # a host name's further addresses
         # Every process takes mail and delivers what it took (relay.delivery
         # claims keep two from sending one entry); only the "primary" serves
@@ -888,6 +890,7 @@ class RelayDaemon:
         await self.delivery.start()
         await self._refresh_queue_stats()
         self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
+        self._join_metrics_feed()
         self.ready = True
         self.log.info("relay.started", listen=_address_of(self.server), store=s.store.path,
                       delivery=s.delivery.mode, config=s.source, starttls=self.tls_context is not None,
@@ -896,7 +899,7 @@ class RelayDaemon:
 
     async def _listen(self, key: str, value: str, factory: Callable[[], RelaySMTP]) -> asyncio.AbstractServer:
         loop = asyncio.get_running_loop()
-        shared = self.listeners.get(key)
+        shared = self.shared.listeners.get(key)
         if shared:
             servers = [await loop.create_server(factory, sock=sock, backlog=BACKLOG) for sock in shared]
             self._more_servers += servers[1:]
@@ -1071,13 +1074,51 @@ class RelayDaemon:
         if self.metrics_server is not None:
             self.metrics_server.close()
         await cancel_and_wait(self._tasks)
+        if self.role == "acceptor":
+            self._send_metrics()  # the last counts, should the primary outlive this process
         if self.store is not None:
             await self.store.close()
         self.log.info("relay.stopped")
 
+    def _join_metrics_feed(self) -> None:
+        """The primary reads the other processes' counters; they send theirs
+        every METRICS_REPORT_INTERVAL (relay.sharing, Metrics.snapshot)."""
+        if self.role == "primary" and self.shared.metrics_in is not None:
+            asyncio.get_running_loop().add_reader(self.shared.metrics_in.fileno(), self._read_metrics_feed)
+        elif self.role == "acceptor" and self.shared.metrics_out is not None:
+            self._tasks.append(asyncio.create_task(self._report_metrics()))
+
+    def _read_metrics_feed(self) -> None:
+        assert self.shared.metrics_in is not None
+        while True:
+            try:
+                datagram = self.shared.metrics_in.recv(METRICS_DATAGRAM_MAX)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            self.metrics.absorb(datagram)
+
+    async def _report_metrics(self) -> None:
+        while True:
+            await asyncio.sleep(METRICS_REPORT_INTERVAL)
+            self._send_metrics()
+
+    def _send_metrics(self) -> None:
+        if self.shared.metrics_out is None:
+            return
+        try:
+            self.shared.metrics_out.send(self.metrics.snapshot())
+        except OSError:
+            pass  # the primary is busy or gone: the next report carries the totals
+
     async def worker_exited(self, pid: int) -> None:
-        """An acceptor process died: what it had taken to deliver goes back
-        to the queue, and this process's scan picks it up now."""
+        """An acceptor process died: its last counters stay in the totals,
+        and what it had taken to deliver goes back to the queue, for this
+        process's scan to pick up now."""
+        if self.shared.metrics_in is not None:
+            self._read_metrics_feed()  # what it sent before it died is in the buffer
+        self.metrics.retire(pid)
         if self.store is None or self.stopping:
             return
         try:
@@ -1108,14 +1149,14 @@ def _address_of(server: asyncio.AbstractServer | None) -> str | None:
 
 
 async def serve(settings: Settings, config_path: str | None = None, role: str = "primary",
-                workers: list[int] | None = None, listeners: dict[str, list[socket.socket]] | None = None) -> int:
+                workers: list[int] | None = None, shared: Shared | None = None) -> int:
     """Run one daemon process until SIGTERM.  With listen.workers > 1 the
     primary also watches its acceptor processes (relay.workers): it replaces
-    one that dies and forwards SIGTERM and SIGHUP to them.  `listeners` are
-    the sockets all of them share (relay.listeners)."""
-    daemon = RelayDaemon(settings, config_path, role, listeners)
-    acceptors = Workers(workers or [], acceptor_command(config_path, listeners or {}), daemon.log,
-                        daemon.worker_exited)
+    one that dies and forwards SIGTERM and SIGHUP to them.  `shared` is what
+    all of them share (relay.sharing)."""
+    shared = shared or Shared()
+    daemon = RelayDaemon(settings, config_path, role, shared)
+    acceptors = Workers(workers or [], acceptor_command(config_path, shared), daemon.log, daemon.worker_exited)
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()

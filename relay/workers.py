@@ -10,7 +10,7 @@ on with fewer processes than configured and nobody would know.
 A replacement cannot be forked from the running primary (its SQLite and
 executor threads would be copied mid-flight), so it is a fresh interpreter
 running `relay serve --acceptor`: it inherits the listening sockets
-(relay.listeners) and reads the configuration file as a reload would.  One that dies soon
+(relay.sharing) and reads the configuration file as a reload would.  One that dies soon
 after its start is replaced after a pause that doubles up to a minute, so a
 broken configuration does not spin the CPU.
 """
@@ -20,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from typing import Awaitable, Callable
 
-from relay.listeners import fd_arguments
+from relay.sharing import Shared
 
 # An acceptor that lived at least this long died of something other than
 # its start-up; it is replaced at once.
@@ -34,12 +33,11 @@ FIRST_PAUSE = 1.0
 LONGEST_PAUSE = 60.0
 
 
-def acceptor_command(config_path: str | None,
-                     listeners: dict[str, list[socket.socket]]) -> tuple[list[str], list[int]]:
-    """The command line of a replacement acceptor, and the listening
-    descriptors it inherits."""
+def acceptor_command(config_path: str | None, shared: Shared) -> tuple[list[str], list[int]]:
+    """The command line of a replacement acceptor, and the descriptors it
+    inherits (relay.sharing)."""
     config = ["--config", config_path] if config_path else []
-    fd_args, fds = fd_arguments(listeners)
+    fd_args, fds = shared.fd_arguments()
     return [sys.executable, "-m", "relay", *config, "serve", "--acceptor", *fd_args], fds
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -298,3 +299,82 @@ async def test_connection_cap() -> None:
     finally:
         server.close()
         await server.wait_closed()
+
+
+# --- several worker processes ----------------------------------------------------
+
+
+def _worker_metrics() -> Metrics:
+    m = Metrics()
+    m.message_accepted()
+    m.message_accepted()
+    m.message_rejected("link")
+    m.delivery("delivered")
+    m.session_opened()
+    m.observe_transaction(0.02)
+    return m
+
+
+def rendered(metrics: Metrics, name: str, **labels: str) -> float | None:
+    """A sample as /metrics shows it (other processes' reports included)."""
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
+
+
+def _as_other(m: Metrics, pid: int) -> bytes:
+    report = json.loads(m.snapshot())
+    report["pid"] = pid  # tests run in one process; the primary keys reports by pid
+    return json.dumps(report).encode()
+
+
+def test_the_primary_counts_what_the_other_processes_report() -> None:
+    primary = _worker_metrics()
+    other = _worker_metrics()
+    other.message_rejected("phone_number")  # a label the primary has not seen
+    primary.set_queue(3, 10.0)
+    other.set_queue(99, 99.0)  # per-process view of the shared store: not added
+    primary.absorb(_as_other(other, 4242))
+    assert rendered(primary, "relay_messages_accepted_total") == 4
+    assert rendered(primary, "relay_messages_rejected_total", reason="link") == 2
+    assert rendered(primary, "relay_messages_rejected_total", reason="phone_number") == 1
+    assert rendered(primary, "relay_deliveries_total", outcome="delivered") == 2
+    assert rendered(primary, "relay_sessions_open") == 2
+    assert rendered(primary, "relay_transaction_seconds_count") == 2
+    assert rendered(primary, "relay_transaction_seconds_bucket", le="0.025") == 2
+    assert rendered(primary, "relay_queue_depth") == 3
+    # a newer report replaces the older one, it is not added again
+    other.message_accepted()
+    primary.absorb(_as_other(other, 4242))
+    assert rendered(primary, "relay_messages_accepted_total") == 5
+    families = {f.name for f in text_string_to_metric_families(primary.render().decode())}
+    assert "relay_messages_rejected" in families
+
+
+def test_a_dead_process_keeps_its_counts_but_not_its_open_sessions() -> None:
+    primary = _worker_metrics()
+    primary.absorb(_as_other(_worker_metrics(), 7))
+    primary.retire(7)
+    assert rendered(primary, "relay_messages_accepted_total") == 4  # counters never go down
+    assert rendered(primary, "relay_sessions_open") == 1
+    primary.absorb(_as_other(_worker_metrics(), 7))  # a late datagram changes nothing
+    assert rendered(primary, "relay_sessions_open") == 1
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\xff", b"[]", b'{"pid": "x", "samples": []}', b'{"pid": 1}',
+                                     b'{"pid": 1, "samples": [["a"]]}'])
+def test_a_garbled_report_is_ignored(garbage: bytes) -> None:
+    primary = _worker_metrics()
+    primary.absorb(garbage)
+    assert rendered(primary, "relay_messages_accepted_total") == 2
+
+
+def test_a_report_fits_one_datagram_with_every_label_in_use() -> None:
+    m = Metrics()
+    for reason in [f"reason_{i}" for i in range(60)]:
+        m.message_rejected(reason)
+    for seconds in (0.0005, 0.003, 0.02, 0.3, 7.0):
+        m.observe_transaction(seconds)
+    assert len(m.snapshot()) < 16_000  # far under relay.server.METRICS_DATAGRAM_MAX

@@ -16,9 +16,9 @@ import sys
 import aiosmtplib
 
 from conftest import free_port
-from relay.listeners import bind, fd_arguments, inherit
+from relay.sharing import Shared, bind
 from relay.workers import Workers
-from service_support import wait_for_event
+from service_support import sample, scrape_until, wait_for_event
 from test_durability_and_delivery import BUYER, queue, setup_order, wait_until
 
 
@@ -102,6 +102,38 @@ async def test_a_stalled_worker_strands_no_new_connection(relay_factory, sink):
     assert await relay.stop(timeout=60) == 0
 
 
+async def test_metrics_count_every_worker_process_and_keep_a_dead_ones_counts(relay_factory, sink):
+    """Only the primary serves /metrics; the other process reports its
+    counters to it.  Each process is stopped in turn (SIGSTOP) so that the
+    other one must take the messages."""
+    metrics_port = free_port()
+    relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2},
+                                 "metrics": {"listen": f"127.0.0.1:{metrics_port}"}})
+    alias = setup_order(relay)["seller_alias"]
+    (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
+    await wait_until(lambda: len(relay.events("relay.started")) == 2)
+    for stalled, count in ((relay.proc.pid, 3), (acceptor, 2)):
+        os.kill(stalled, signal.SIGSTOP)
+        try:
+            _send_buyer_messages(relay, alias, count)
+        finally:
+            os.kill(stalled, signal.SIGCONT)
+    await sink.wait_for_count(5, timeout=30)
+    url = f"http://127.0.0.1:{metrics_port}/metrics"
+
+    def counted(text: str) -> bool:
+        return sample(text, "relay_messages_accepted_total") == 5.0 and \
+            sample(text, "relay_deliveries_total", 'outcome="delivered"') == 5.0
+    text = await scrape_until(url, counted)
+    assert sample(text, "relay_transaction_seconds_count") == 5.0
+    assert sample(text, "relay_sessions_open") == 0.0
+
+    os.kill(acceptor, signal.SIGKILL)
+    await wait_for_event(relay, "relay.worker_exited", timeout=20)
+    text = await scrape_until(url, counted)  # what the dead process counted stays counted
+    assert await relay.stop(timeout=60) == 0
+
+
 async def test_more_workers_need_a_fixed_port(tmp_path):
     import subprocess
     import sys
@@ -110,6 +142,14 @@ async def test_more_workers_need_a_fixed_port(tmp_path):
     result = subprocess.run([sys.executable, "-m", "relay", "--config", str(config), "check-config"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "listen.workers" in result.stderr
+
+
+def _send_buyer_messages(relay, alias: str, count: int) -> None:
+    for _ in range(count):
+        n = next(_serial)
+        data = f"From: {BUYER}\r\nTo: {alias}\r\nSubject: q{n}\r\n\r\nQuestion number {n}.\r\n"
+        with smtplib.SMTP(*relay.mx, timeout=30) as client:
+            client.sendmail(BUYER, [alias], data)
 
 
 def _claims(relay) -> dict[int, str]:
@@ -121,18 +161,18 @@ def _claims(relay) -> dict[int, str]:
 _serial = itertools.count()
 
 
-def _send_until_claimed_by(relay, alias: str, pid: int, tries: int = 60) -> int:
-    """Send buyer messages until one is accepted (and so claimed) by process `pid`;
-    SO_REUSEPORT spreads connections by their source port."""
-    for _ in range(tries):
-        n = next(_serial)
-        data = f"From: {BUYER}\r\nTo: {alias}\r\nSubject: q{n}\r\n\r\nQuestion number {n}.\r\n"
-        with smtplib.SMTP(*relay.mx, timeout=30) as client:
-            client.sendmail(BUYER, [alias], data)
-        held = [i for i, owner in _claims(relay).items() if owner.startswith(f"{pid}.")]
-        if held:
-            return held[0]
-    raise AssertionError(f"no message landed on process {pid} in {tries} tries")
+def _send_through(relay, alias: str, pid: int, stalled: int) -> int:
+    """Send one buyer message while process `stalled` is stopped, so that
+    process `pid` accepts it; return its queue entry (claimed by `pid`)."""
+    before = set(_claims(relay))
+    os.kill(stalled, signal.SIGSTOP)
+    try:
+        _send_buyer_messages(relay, alias, 1)
+    finally:
+        os.kill(stalled, signal.SIGCONT)
+    (entry,) = set(_claims(relay)) - before
+    assert _claims(relay)[entry].startswith(f"{pid}."), _claims(relay)
+    return entry
 
 
 async def test_a_worker_that_dies_is_replaced_and_its_messages_are_taken_over_at_once(relay_factory):
@@ -148,7 +188,7 @@ async def test_a_worker_that_dies_is_replaced_and_its_messages_are_taken_over_at
                                                   "timeout": 300.0}})
         aliases = setup_order(relay)
         (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
-        entry = _send_until_claimed_by(relay, aliases["seller_alias"], acceptor)
+        entry = _send_through(relay, aliases["seller_alias"], acceptor, stalled=relay.proc.pid)
 
         os.kill(acceptor, signal.SIGKILL)
         (exited,) = await wait_for_event(relay, "relay.worker_exited", timeout=20)
@@ -161,7 +201,7 @@ async def test_a_worker_that_dies_is_replaced_and_its_messages_are_taken_over_at
         replacement = started["pid"]
         assert child_pids(relay.proc.pid) == [replacement]
         await wait_until(lambda: len(relay.events("relay.started")) >= 3, timeout=30)
-        _send_until_claimed_by(relay, aliases["seller_alias"], replacement)
+        _send_through(relay, aliases["seller_alias"], replacement, stalled=relay.proc.pid)
         assert await relay.stop(timeout=60) == 0
         assert not relay.events("relay.worker_start_failed")
         assert len(relay.events("relay.worker_started")) == 1  # nothing replaced on the way out
@@ -199,15 +239,22 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly(
 
 
 def test_a_replacement_inherits_the_very_sockets_named_on_its_command_line():
-    sockets = bind("listen.mx", "127.0.0.1:0")
+    shared = Shared(listeners={"listen.mx": bind("listen.mx", "127.0.0.1:0")})
+    shared.metrics_in, shared.metrics_out = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    (listener,) = shared.listeners["listen.mx"]
     try:
-        args, fds = fd_arguments({"listen.mx": sockets})
-        assert args == ["--listen-fd", f"listen.mx={sockets[0].fileno()}"] and fds == [sockets[0].fileno()]
-        (inherited,) = inherit([args[1]])["listen.mx"]
-        assert inherited.getsockname() == sockets[0].getsockname()
-        inherited.detach()  # the same descriptor: closed once, below
+        args, fds = shared.fd_arguments()
+        assert args == ["--listen-fd", f"listen.mx={listener.fileno()}", "--metrics-fd", str(shared.metrics_out.fileno())]
+        assert fds == [listener.fileno(), shared.metrics_out.fileno()]
+        inherited = Shared.inherit([args[1]], int(args[3]))
+        (same,) = inherited.listeners["listen.mx"]
+        assert same.getsockname() == listener.getsockname()
+        inherited.metrics_out.send(b"counts")
+        assert shared.metrics_in.recv(100) == b"counts"
+        for sock in (same, inherited.metrics_out):
+            sock.detach()  # the same descriptors: closed once, below
     finally:
-        for sock in sockets:
+        for sock in (listener, shared.metrics_in, shared.metrics_out):
             sock.close()
 
 
