@@ -153,6 +153,7 @@ def plain_path(arg: str) -> tuple[str, str] | None:
 
 
 @functools.cache
+@functools.cache
 def _dispatch_names(cls: type) -> list[str]:
     """The attributes aiosmtpd dispatches to (`smtp_*`, `auth_*`, `handle_*`).
 
@@ -160,7 +161,7 @@ def _dispatch_names(cls: type) -> list[str]:
     every connection from dir() and inspect.getmembers, which reads every
     attribute: about 0.2 ms per connection, per message under one-connection-
     per-message load.  The names are fixed per class, so our classes answer
-    dir() with just these, computed once.
+    dir() with just these, computed once per class (dir() copies the list).
     """
     return sorted(n for n in dir(cls) if n.startswith(("smtp_", "auth_", "handle_")))
 
@@ -732,10 +733,6 @@ class RelayHandler:
         else:  # deferred: the store could not take it (451 / 452), or DNS failed sender authentication
             self.daemon.metrics.message_rejected(outcome.findings[0].code if outcome.findings else "storage_trouble")
 
-
-# aiosmtpd inspects handle_EHLO's signature on every connection; a stored
-# __signature__ makes inspect.signature a lookup.
-RelayHandler.handle_EHLO.__signature__ = inspect.signature(RelayHandler.handle_EHLO)  # type: ignore[attr-defined]
 
 
 def _reason_for_reply(reply: str) -> str:
