@@ -35,10 +35,8 @@ import dataclasses
 import functools
 import gc
 import inspect
-import os
 import re
 import signal
-import socket
 import time
 from base64 import b64decode
 from email._header_value_parser import get_addr_spec
@@ -53,7 +51,6 @@ from relay import notify
 from relay.aliases import AddressError, normalize_address, split_address
 from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport
 from relay.delivery import Delivery
-from relay.sharing import BACKLOG, Shared
 from relay.limits import ConnectionLimiter, RateLimiter, ip_key, tarpit_delay
 from relay.logs import get_logger
 from relay.metrics import Metrics, start_http
@@ -61,6 +58,7 @@ from relay.parsing import PARSE_POLICY
 from relay.passwords import verify_password
 from relay.pipeline import Outcome, Pipeline, Recipient
 from relay.sender_auth import ClientInfo
+from relay.sharing import BACKLOG, Shared
 from relay.smtpdata import DataState, read_data
 from relay.store import QueueEntry, StorageError, Store
 from relay.tasks import cancel_and_wait
@@ -96,9 +94,9 @@ SUBMISSION_OWN_ORDERS_ONLY = ("550 5.7.1 The submission port accepts mail only t
 # aiosmtpd's other commands (EHLO, HELO, MAIL, RCPT, DATA, QUIT, STARTTLS, AUTH)
 # are bounded by other guards; this only stops a runaway client.
 OTHER_COMMAND_LIMIT = 1000
-PRUNE_INTERVAL = 60.0
+PRUNE_INTERVAL = 60.0  # seconds between rate-limiter clean-ups
 METRICS_REPORT_INTERVAL = 1.0  # seconds between an acceptor's counter reports to the primary
-METRICS_DATAGRAM_MAX = 1 << 16  # seconds between rate-limiter clean-ups
+METRICS_DATAGRAM_MAX = 1 << 16  # bytes; a report with every label in use is a few KB
 PIPELINE_GRACE = 10.0  # after the drain: a message being committed is not cut off
 
 # aiosmtpd's fixed replies, given enhanced status codes (RFC 3463).
@@ -153,7 +151,6 @@ def plain_path(arg: str) -> tuple[str, str] | None:
 
 
 @functools.cache
-@functools.cache
 def _dispatch_names(cls: type) -> list[str]:
     """The attributes aiosmtpd dispatches to (`smtp_*`, `auth_*`, `handle_*`).
 
@@ -161,7 +158,7 @@ def _dispatch_names(cls: type) -> list[str]:
     every connection from dir() and inspect.getmembers, which reads every
     attribute: about 0.2 ms per connection, per message under one-connection-
     per-message load.  The names are fixed per class, so our classes answer
-    dir() with just these, computed once per class (dir() copies the list).
+    dir() with just these, computed once.
     """
     return sorted(n for n in dir(cls) if n.startswith(("smtp_", "auth_", "handle_")))
 
@@ -732,7 +729,6 @@ class RelayHandler:
             self.daemon.metrics.message_rejected(reason)
         else:  # deferred: the store could not take it (451 / 452), or DNS failed sender authentication
             self.daemon.metrics.message_rejected(outcome.findings[0].code if outcome.findings else "storage_trouble")
-
 
 
 def _reason_for_reply(reply: str) -> str:

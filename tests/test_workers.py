@@ -244,7 +244,8 @@ def test_a_replacement_inherits_the_very_sockets_named_on_its_command_line():
     (listener,) = shared.listeners["listen.mx"]
     try:
         args, fds = shared.fd_arguments()
-        assert args == ["--listen-fd", f"listen.mx={listener.fileno()}", "--metrics-fd", str(shared.metrics_out.fileno())]
+        assert args == ["--listen-fd", f"listen.mx={listener.fileno()}",
+                        "--metrics-fd", str(shared.metrics_out.fileno())]
         assert fds == [listener.fileno(), shared.metrics_out.fileno()]
         inherited = Shared.inherit([args[1]], int(args[3]))
         (same,) = inherited.listeners["listen.mx"]
