@@ -4,6 +4,7 @@ delivers what it accepted, none sends a message twice; SIGTERM stops them all.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -12,6 +13,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import time
 
 import aiosmtplib
 
@@ -59,6 +61,39 @@ async def test_two_workers_accept_and_deliver_everything(relay_factory, sink):
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
 
 
+@contextlib.contextmanager
+def stopped(pid: int, relay):
+    """Hold process `pid` stopped (SIGSTOP), caught outside a store write:
+    a process stopped inside one would keep every other writer waiting, and
+    the others would answer 451 (true of any stalled SQLite writer)."""
+    for _ in range(200):
+        os.kill(pid, signal.SIGSTOP)
+        while open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "T":
+            time.sleep(0.001)
+        if _store_writable(relay):
+            break
+        os.kill(pid, signal.SIGCONT)
+        time.sleep(0.005)  # let it finish that write
+    else:
+        raise AssertionError(f"process {pid} always held the store's write lock")
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _store_writable(relay) -> bool:
+    db = sqlite3.connect(relay.workdir / "relay.sqlite3", timeout=0)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.rollback()
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        db.close()
+
+
 def _listening_inodes(pid: int, port: int) -> set[str]:
     """The socket inodes process `pid` listens on at `port`."""
     wanted = set()
@@ -90,15 +125,12 @@ async def test_a_stalled_worker_strands_no_new_connection(relay_factory, sink):
     await wait_until(lambda: len(relay.events("relay.started")) == 2)
     shared = _listening_inodes(relay.proc.pid, relay.mx[1])
     assert len(shared) == 1 and _listening_inodes(acceptor, relay.mx[1]) == shared
-    os.kill(acceptor, signal.SIGSTOP)
-    try:
+    with stopped(acceptor, relay):
         for n in range(12):
             data = f"From: bob@buyer.test\r\nTo: {alias}\r\nSubject: q{n}\r\n\r\nQuestion {n}.\r\n"
             with smtplib.SMTP(*relay.mx, timeout=10) as client:
                 client.sendmail("bob@buyer.test", [alias], data)
         await sink.wait_for_count(12, timeout=30)
-    finally:
-        os.kill(acceptor, signal.SIGCONT)
     assert await relay.stop(timeout=60) == 0
 
 
@@ -113,11 +145,8 @@ async def test_metrics_count_every_worker_process_and_keep_a_dead_ones_counts(re
     (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
     await wait_until(lambda: len(relay.events("relay.started")) == 2)
     for stalled, count in ((relay.proc.pid, 3), (acceptor, 2)):
-        os.kill(stalled, signal.SIGSTOP)
-        try:
+        with stopped(stalled, relay):
             _send_buyer_messages(relay, alias, count)
-        finally:
-            os.kill(stalled, signal.SIGCONT)
     await sink.wait_for_count(5, timeout=30)
     url = f"http://127.0.0.1:{metrics_port}/metrics"
 
@@ -165,11 +194,8 @@ def _send_through(relay, alias: str, pid: int, stalled: int) -> int:
     """Send one buyer message while process `stalled` is stopped, so that
     process `pid` accepts it; return its queue entry (claimed by `pid`)."""
     before = set(_claims(relay))
-    os.kill(stalled, signal.SIGSTOP)
-    try:
+    with stopped(stalled, relay):
         _send_buyer_messages(relay, alias, 1)
-    finally:
-        os.kill(stalled, signal.SIGCONT)
     (entry,) = set(_claims(relay)) - before
     assert _claims(relay)[entry].startswith(f"{pid}."), _claims(relay)
     return entry
