@@ -20,7 +20,7 @@ import aiosmtplib
 from conftest import free_port
 from relay.sharing import Shared, bind
 from relay.workers import Workers
-from service_support import sample, scrape_until, wait_for_event
+from service_support import hostport, make_tls_files, sample, scrape_until, seller_message, wait_for_event
 from test_durability_and_delivery import BUYER, queue, setup_order, wait_until
 
 
@@ -300,3 +300,33 @@ def test_workers_cannot_start_on_a_port_in_use(tmp_path):
         assert f"cannot listen on listen.mx 127.0.0.1:{port}: Address already in use" in result.stderr
     finally:
         busy.close()
+
+
+async def test_a_replacement_worker_serves_the_submission_port_too(relay_factory, tmp_path):
+    """The submission socket (STARTTLS, AUTH) is shared and inherited like
+    the MX one: with the primary stopped, the replacement of a killed worker
+    takes a seller's authenticated message."""
+    tls = make_tls_files(tmp_path / "tls")
+    relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2,
+                                            "submission": f"127.0.0.1:{free_port()}"},
+                                 "tls": {"cert": str(tls.cert), "key": str(tls.key)}})
+    relay.add_seller("s1", "Sam's Shop", ["sam@shop.example"])
+    order = relay.open_order("o1", "s1", BUYER, "Bob")
+    relay.cli("seller", "passwd", "s1", input=b"correct horse battery staple\n", check=True)
+    (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
+    os.kill(acceptor, signal.SIGKILL)
+    (started,) = await wait_for_event(relay, "relay.worker_started", timeout=20)
+    await wait_until(lambda: len(relay.events("relay.started")) >= 3, timeout=30)
+    submission = hostport(relay.events("relay.started")[-1]["submission"])
+    with stopped(relay.proc.pid, relay):
+        with smtplib.SMTP(*submission, timeout=30) as client:
+            client.starttls(context=tls.client_context())
+            client.login("s1", "correct horse battery staple")
+            client.sendmail("sam@shop.example", [order["buyer_alias"]],
+                            seller_message("sam@shop.example", order["buyer_alias"]))
+        (row,) = relay.audit("o1")
+        assert row["verdict"] == "accepted"
+    (delivered,) = await relay.sink.wait_for_count(1, timeout=30)
+    assert delivered.rcpt_tos == [BUYER]
+    assert started["pid"] in child_pids(relay.proc.pid)
+    assert await relay.stop(timeout=60) == 0
