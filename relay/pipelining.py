@@ -24,6 +24,7 @@ import aiosmtplib
 # aiosmtplib's own framing of the content, so both paths send the same bytes.
 from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
+from relay.chunks import Chunks
 from relay.smtpdata import crlf_only
 
 MAX_REPLY_LENGTH = 8192  # a reply is a few lines; more is a broken or hostile server
@@ -140,18 +141,34 @@ def _current_task_cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def frame_content(message: bytes) -> tuple[int, list[bytes]]:
+def frame_content(message: bytes | Chunks) -> tuple[int, list[bytes | memoryview]]:
     """(its size for SIZE=, the octets to send after 354, ending with the
     final dot) as aiosmtplib frames them: lone CR and LF become CRLF, a last
-    line gets its CRLF, lines starting with "." get another.  The relay's
-    own output needs none of that, and a 10 MiB message then goes out
-    without three more copies of it (tests/test_pipelining.py compares)."""
-    clean = (message.endswith(b"\r\n") and crlf_only(message)
-             and not message.startswith(b".") and b"\n." not in message)
-    if clean:
-        return len(message), [message, b".\r\n"]
-    normalized = normalize_message_line_endings(message)
-    return len(normalized), [PERIOD_REGEX.sub(b"..", normalized) + b".\r\n"]
+    line gets its CRLF, lines starting with "." get another
+    (tests/test_pipelining.py compares).  The relay's own output needs no
+    line-ending fix-up, and the dots are stuffed by sending the octets
+    between them as views: a 10 MiB message, joined (read back from the
+    store) or in pieces (relay.chunks), goes out without another copy."""
+    if isinstance(message, bytes) and message.endswith(b"\r\n") and crlf_only(message) \
+            and not message.startswith(b".") and b"\n." not in message:
+        return len(message), [message, b".\r\n"]  # the common case, at once
+    data = message if isinstance(message, Chunks) else Chunks([message])
+    if not (data.endswith(b"\r\n") and crlf_only(data)):
+        data = Chunks([normalize_message_line_endings(data.join())])  # not the relay's output
+    content: list[bytes | memoryview] = []
+    done = 0
+    dot = 0 if data.startswith(b".") else _line_start_dot(data, 0)
+    while dot >= 0:
+        content += [*data.buffers(done, dot), b"."]  # (PERIOD_REGEX: a dot at a line start)
+        done = dot
+        dot = _line_start_dot(data, dot + 1)
+    content += [*data.buffers(done), b".\r\n"]
+    return len(data), content
+
+
+def _line_start_dot(data: Chunks, start: int) -> int:
+    at = data.find(b"\n.", start)
+    return at + 1 if at >= 0 else -1
 
 
 class PipelinedConnection:
@@ -186,7 +203,7 @@ class PipelinedConnection:
         self._send([b"RSET\r\n"], 1)
         await self._replies.reply(self.timeout)
 
-    async def sendmail(self, sender: str, recipients: list[str], message: bytes) -> tuple[dict, str]:
+    async def sendmail(self, sender: str, recipients: list[str], message: bytes | Chunks) -> tuple[dict, str]:
         """MAIL, RCPT and DATA in one write; the content once DATA said 354.
         Raises as aiosmtplib.SMTP.sendmail does (one recipient)."""
         (recipient,) = recipients

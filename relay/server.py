@@ -926,7 +926,7 @@ class RelayDaemon:
     def data_changed(self) -> None:
         self._data_event.set()
 
-    def _queued(self, entry: QueueEntry | None = None, data: bytes | None = None) -> None:
+    def _queued(self, entry: QueueEntry | None = None, data: "bytes | Chunks | None" = None) -> None:
         assert self.delivery is not None
         if entry is not None and data is not None:
             self.delivery.submit(entry, data)
