@@ -20,7 +20,7 @@ from __future__ import annotations
 import bisect
 from typing import Callable, Iterator, Union
 
-SCAN_BLOCK = 1 << 16
+SCAN_BLOCK = 1 << 14
 
 
 class Span:

@@ -718,7 +718,7 @@ def _lines_fit(raw: bytes) -> bool:
 
 # Lines are split and measured this many octets at a time (a list of every line of a
 # large message would take 1.7 times its size); a Python step per block, not per line.
-LINE_BLOCK = 1 << 16
+LINE_BLOCK = 1 << 14
 
 
 def _has_long_line(data: bytes, sep: bytes, strip: bytes = b"") -> bool:
@@ -839,7 +839,7 @@ def _refuse_literal_leak(data: bytes | Chunks, parties: Parties) -> None:
 
 # The leak check and the address hints lowercase this many octets (or
 # characters) at a time, not a copy of the whole message or text.
-LOWER_BLOCK = 1 << 16
+LOWER_BLOCK = 1 << 14
 
 
 def _holds_without(data: bytes, needles: list[bytes], cut: bytes) -> bool:
