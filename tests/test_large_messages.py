@@ -129,10 +129,10 @@ _PARTIES = rewrite.Parties(("sam@shop.example",), "s-alias@relay.example", "Shop
 async def test_a_large_message_stays_within_a_memory_bound(tmp_path):
     """tracemalloc's peak during Pipeline.process of a 4 MiB smtp-source-like
     message, above what was allocated before (the received message was, so
-    the bound is what process adds to it): at most 1.15 times the message,
+    the bound is what process adds to it): at most 1.1 times the message,
     the parsed text the filters read and little else (issue 7: held at most
     twice, the received copy included).  It was 8.4 before the copies were
-    cut, 2.09 with the outgoing message joined, 1.07 with it in pieces
+    cut, 2.09 with the outgoing message joined, 1.02 with it in pieces
     (relay.chunks).  Measured on Python allocations only: robust, unlike RSS
     or time."""
     from relay.aliases import mint_alias
@@ -164,7 +164,7 @@ async def test_a_large_message_stays_within_a_memory_bound(tmp_path):
         finally:
             tracemalloc.stop()
         assert outcome.verdict == "accepted", outcome.reply
-        assert peak < 1.15 * len(content), peak / len(content)
+        assert peak < 1.1 * len(content), peak / len(content)
     finally:
         await store.close()
 
