@@ -44,8 +44,7 @@ class Span:
     def __bytes__(self) -> bytes:
         return self.source[self.start:self.stop]
 
-    def sub(self, start: int, stop: int | None = None) -> "Span":
-        stop = len(self) if stop is None else stop
+    def sub(self, start: int, stop: int) -> "Span":
         return Span(self.source, self.start + start, self.start + stop)
 
     def count(self, sub: bytes) -> int:

@@ -21,8 +21,8 @@ import asyncio
 import collections
 
 import aiosmtplib
-# aiosmtplib's own framing of the content, so both paths send the same bytes.
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+# aiosmtplib's own line-ending fix-up, so both paths send the same bytes.
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from relay.chunks import Chunks
 from relay.smtpdata import crlf_only
@@ -159,7 +159,7 @@ def frame_content(message: bytes | Chunks) -> tuple[int, list[bytes | memoryview
     done = 0
     dot = 0 if data.startswith(b".") else _line_start_dot(data, 0)
     while dot >= 0:
-        content += [*data.buffers(done, dot), b"."]  # (PERIOD_REGEX: a dot at a line start)
+        content += [*data.buffers(done, dot), b"."]  # (as aiosmtplib's PERIOD_REGEX: a dot at a line start)
         done = dot
         dot = _line_start_dot(data, dot + 1)
     content += [*data.buffers(done), b".\r\n"]

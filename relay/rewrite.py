@@ -541,10 +541,10 @@ class _Writer:
         _raw_octets), where the parser recorded them (relay.parsing.BodySource),
         else, for a large body, where it is found in them.  The outgoing
         message then holds no copy of it (relay.chunks)."""
-        span = raw if isinstance(raw, Span) else None
         source = getattr(part, "body_source", None)
-        if span is not None:
-            pass
+        span = None
+        if isinstance(raw, Span):
+            span = raw
         elif source is not None and source.payload is part._payload and raw.isascii():
             span = Span(source.content, source.start)
         elif self.source is not None and len(raw) >= FIND_IN_SOURCE:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from relay import rewrite
 from relay.chunks import Chunks, Span, joined
 from relay.parsing import parse_message
+from relay.pipelining import frame_content
 from relay.smtpdata import crlf_only
 
 _OCTETS = st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b".", b"a", b"B", b"bob@", b"buyer.test", b"\r\n.",
@@ -164,20 +165,15 @@ def test_a_large_message_stays_in_pieces_that_point_into_the_received_octets():
 def test_framing_of_pieces_equals_aiosmtplib_on_the_joined_bytes(parts):
     from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
-    from relay.pipelining import frame_content
-
     normalized = normalize_message_line_endings(_joined(parts))
     size, content = frame_content(Chunks(parts))
     assert (size, b"".join(content)) == (len(normalized), PERIOD_REGEX.sub(b"..", normalized) + b".\r\n")
 
 
-def test_a_dot_stuffed_message_is_framed_without_copies():
+def test_a_dot_stuffed_message_read_from_the_store_is_framed_without_copies():
+    """Joined, as the store gives it back: sent as views between the stuffed dots."""
     data = b"Subject: x\r\n\r\n" + b".dot line\r\nplain\r\n" * 1000
-    size, content = frame_content_of(data)
+    size, content = frame_content(data)
     assert size == len(data) and b"".join(content) == data.replace(b"\n.", b"\n..") + b".\r\n"
     assert all(c in (b".", b".\r\n") or isinstance(c, memoryview) and c.obj is data for c in content)
 
-
-def frame_content_of(data: bytes):
-    from relay.pipelining import frame_content
-    return frame_content(data)
