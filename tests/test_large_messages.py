@@ -220,20 +220,23 @@ def test_may_hold_address_equals_the_old_one(monkeypatch, text):
 
 async def test_large_audit_copies_are_stored_exactly(tmp_path):
     """Large inbound/outbound copies go in by incremental blob I/O: the row
-    reads back the same octets, as BLOBs, and small or absent copies as before."""
+    reads back the same octets, as BLOBs, and small or absent copies as before;
+    an outbound message in pieces (relay.chunks) reads back joined."""
     from relay.store import LARGE_BLOB, AuditRecord, Store
     store = await Store.open(str(tmp_path / "relay.sqlite3"))
     try:
         big_in = bytes(range(256)) * (LARGE_BLOB // 256 * 5 + 3)
         big_out = b"\r\n".join([b"line"] * (LARGE_BLOB // 3))
-        cases = [(big_in, big_out), (b"small", big_out), (big_in, None), (b"", b"x"), (None, None)]
+        in_pieces = Chunks([b"Subject: x\r\n\r\n", Span(big_out, 0, 1000), b"\r\n", Span(big_out, 1000)])
+        cases = [(big_in, big_out), (b"small", big_out), (big_in, None), (b"", b"x"), (None, None),
+                 (big_in, in_pieces), (b"small", Chunks([b"a", Span(b"xbcx", 1, 3)]))]
         for inbound, outbound in cases:
             record = AuditRecord(received_at="2026-01-01T00:00:00.000Z", order_id=None, direction="unknown",
                                  sender="a@b.example", recipient="c@d.example", verdict="rejected", reasons=[],
                                  findings=[], inbound=inbound, outbound=outbound)
             audit_id = await store.record_rejection(record)
             row = await store.audit_get(audit_id)
-            assert row["inbound"] == inbound and row["outbound"] == outbound
+            assert row["inbound"] == inbound and row["outbound"] == (None if outbound is None else joined(outbound))
             types = await store._read("SELECT typeof(inbound), typeof(outbound) FROM audit WHERE id = ?", (audit_id,))
             assert tuple(types[0]) == tuple("null" if v is None else "blob" for v in (inbound, outbound))
     finally:
@@ -326,3 +329,36 @@ async def test_a_large_message_arrives_byte_identical_from_memory_and_from_the_s
         assert stored.stdout == delivered.data
     finally:
         sink.stop()
+
+
+async def test_a_large_message_read_back_from_the_store_is_framed_without_another_copy(tmp_path):
+    """Delivery of a queued message (a retry, or after a restart): the store
+    gives it back as one bytes object and the pipelined framing, dots
+    stuffed, makes views of it as they are sent: one copy in all
+    (aiosmtplib's framing makes two more; views made all at once were eight
+    times this message, a dot on every other line)."""
+    from relay.pipelining import frame_content
+    from relay.store import AuditRecord, Store
+
+    store = await Store.open(str(tmp_path / "relay.sqlite3"))
+    try:
+        message = b"Subject: big\r\n\r\n" + b".a line with a leading dot\r\nand one without\r\n" * 100_000
+        record = AuditRecord(received_at="2026-01-01T00:00:00.000Z", order_id=None, direction="unknown",
+                             sender="a@b.example", recipient="c@d.example", verdict="accepted", reasons=[],
+                             findings=[], outbound=Chunks([message[:100], Span(message, 100)]))
+        _, entry = await store.accept_message(record, "<r@mx.relay.example>", None, mail_from="b@relay.example",
+                                              rcpt_to="c@d.example", bounce_token="t", notify=None, notify_alias=None)
+        tracemalloc.start()
+        try:
+            data = await store.queue_message(entry.id)
+            size, content = frame_content(data)
+            sent = sum(len(buf) for buf in content)  # (as written: one buffer at a time)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        stuffed = message.replace(b"\n.", b"\n..") + b".\r\n"
+        assert data == message and size == len(message) and sent == len(stuffed)
+        assert b"".join(frame_content(data)[1]) == stuffed
+        assert peak < 1.1 * len(message), peak / len(message)
+    finally:
+        await store.close()
