@@ -134,11 +134,13 @@ class _Replies(asyncio.Protocol):
     async def writable(self, timeout: float) -> None:
         """Return once the transport's buffer is below its high-water mark
         (asyncio calls pause_writing and resume_writing), so content is
-        handed over as the next hop takes it, never buffered whole."""
+        handed over as the next hop takes it, never buffered whole.  A hop
+        that answered before the end (a 552 mid-content) is waited for no
+        more: the rest is buffered, and its reply read, as aiosmtplib does."""
         while True:
             if self._error is not None:
                 raise self._error
-            if not self._paused:
+            if not self._paused or self._ready:
                 return
             await self._wait(timeout, aiosmtplib.SMTPTimeoutError("timed out sending the message"))
 

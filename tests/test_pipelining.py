@@ -265,3 +265,34 @@ async def test_a_large_content_is_written_as_the_hop_takes_it():
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_a_hop_that_refuses_mid_content_and_stops_reading_gets_its_refusal_raised():
+    """The content is not waited on forever: the 552 sent before the end is
+    what sendmail raises (a permanent failure), as with aiosmtplib."""
+    done = asyncio.Event()
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(EHLO_REPLY)
+        for _ in range(3):
+            await reader.readline()
+        writer.write(OK[0] + OK[1] + OK[2])
+        await reader.read(1000)
+        writer.write(b"552 5.3.4 too big for this mailbox\r\n")
+        await done.wait()  # reads nothing more
+        writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    try:
+        connection = await _connection(server.sockets[0].getsockname()[1], timeout=5)
+        with pytest.raises(aiosmtplib.SMTPDataError) as raised:
+            await connection.sendmail("b@relay.test", ["c@d.example"],
+                                      b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 2**16)
+        assert raised.value.code == 552
+        connection.close()
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()
