@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiosmtplib
 
+from relay.chunks import Chunks, buffers, joined
 from relay.config import Settings, parse_hostport
 from relay.logs import get_logger
 from relay.pipelining import PipelinedConnection, take_over
@@ -85,16 +86,16 @@ class Delivery:
         # Handed over to the next hop, but the store could not record it yet
         # (disk full, locked): never re-send these while this process lives.
         self._unrecorded: set[int] = set()
-        self._work: asyncio.Queue[tuple[QueueEntry, bytes | None]] = asyncio.Queue()
+        self._work: asyncio.Queue[tuple[QueueEntry, bytes | Chunks | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._clients: list[aiosmtplib.SMTP | PipelinedConnection | None] = []
 
     def wake(self) -> None:
         self._wake.set()
 
-    def submit(self, entry: QueueEntry, data: bytes) -> None:
+    def submit(self, entry: QueueEntry, data: bytes | Chunks) -> None:
         """A message just committed, claimed by `owner`: deliver it now, from
-        memory (no query, no read of its bytes)."""
+        memory (no query, no read of its bytes; a large one in pieces, relay.chunks)."""
         if entry.id in self._in_flight:
             return
         self._in_flight.add(entry.id)
@@ -164,7 +165,7 @@ class Delivery:
             finally:
                 self._in_flight.discard(entry.id)
 
-    async def _deliver(self, entry: QueueEntry, slot: int, data: bytes | None = None) -> None:
+    async def _deliver(self, entry: QueueEntry, slot: int, data: bytes | Chunks | None = None) -> None:
         if data is None:
             data = await self.store.queue_message(entry.id)
         if data is None:
@@ -218,7 +219,7 @@ class Delivery:
 
     # ------------------------------------------------------------ targets
 
-    def _to_maildir(self, entry: QueueEntry, data: bytes) -> None:
+    def _to_maildir(self, entry: QueueEntry, data: bytes | Chunks) -> None:
         """Development target: one file per message in a Maildir, written
         atomically (tmp, fsync, rename into new/)."""
         root = Path(self.settings.delivery.maildir)
@@ -228,7 +229,9 @@ class Delivery:
         envelope = f"Return-Path: <{entry.mail_from}>\r\nDelivered-To: {entry.rcpt_to}\r\n".encode()
         tmp = root / "tmp" / name
         with open(tmp, "wb") as fh:
-            fh.write(envelope + data)
+            fh.write(envelope)
+            for piece in buffers(data):
+                fh.write(piece)
             fh.flush()
             os.fsync(fh.fileno())
         os.rename(tmp, root / "new" / name)
@@ -238,7 +241,7 @@ class Delivery:
         finally:
             os.close(dir_fd)
 
-    async def _to_smarthost(self, entry: QueueEntry, data: bytes, slot: int) -> None:
+    async def _to_smarthost(self, entry: QueueEntry, data: bytes | Chunks, slot: int) -> None:
         for attempt in (0, 1):
             client = self._clients[slot] if slot < len(self._clients) else None
             reused = client is not None and client.is_connected
@@ -292,7 +295,11 @@ class Delivery:
                 pass
             self._clients[slot] = None
 
-    async def _send(self, client: aiosmtplib.SMTP | PipelinedConnection, entry: QueueEntry, data: bytes) -> None:
+    async def _send(self, client: aiosmtplib.SMTP | PipelinedConnection, entry: QueueEntry,
+                    data: bytes | Chunks) -> None:
+        if isinstance(client, aiosmtplib.SMTP):
+            # aiosmtplib takes one bytes object (and makes its own framed copies of it).
+            data = joined(data)
         try:
             errors, _ = await client.sendmail(entry.mail_from, [entry.rcpt_to], data)
         except aiosmtplib.SMTPRecipientsRefused as exc:

@@ -20,6 +20,7 @@ from email.errors import (CloseBoundaryNotFoundDefect, InvalidMultipartContentTr
                           UndecodableBytesDefect)
 
 from relay.aliases import AddressError, looks_like_alias, normalize_address, split_address
+from relay.chunks import Chunks
 from relay.config import Settings
 from relay.filters.base import (BUYER_TO_SELLER, SELLER_TO_BUYER, FilterContext, Finding, MessageView,
                                 is_critical, text_fingerprint)
@@ -82,7 +83,7 @@ class Outcome:
     audit_id: int | None = None
     findings: list[Finding] = field(default_factory=list)
     critical: bool = False
-    outbound: bytes | None = None
+    outbound: bytes | Chunks | None = None  # Chunks for a large message (relay.chunks)
     direction: str = "unknown"
 
     @property

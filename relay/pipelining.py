@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from typing import Iterable, Iterator
 
 import aiosmtplib
-# aiosmtplib's own framing of the content, so both paths send the same bytes.
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+# aiosmtplib's own line-ending fix-up, so both paths send the same bytes.
+from aiosmtplib.protocol import normalize_message_line_endings
 
+from relay.chunks import Chunks
 from relay.smtpdata import crlf_only
 
 MAX_REPLY_LENGTH = 8192  # a reply is a few lines; more is a broken or hostile server
@@ -52,6 +54,7 @@ class _Replies(asyncio.Protocol):
         self._ready: collections.deque[tuple[int, str]] = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._error: Exception | None = None
+        self._paused = False  # the transport's buffer is over its high-water mark
 
     def data_received(self, data: bytes) -> None:
         if self.expected <= len(self._ready):
@@ -103,6 +106,13 @@ class _Replies(asyncio.Protocol):
         self._fail(aiosmtplib.SMTPServerDisconnected("unexpected EOF"))
         return False
 
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._wake()
+
     def _fail(self, error: Exception) -> None:
         self.lost = True
         if self._error is None:
@@ -114,25 +124,43 @@ class _Replies(asyncio.Protocol):
             self._waiter.set_result(None)
 
     async def reply(self, timeout: float) -> tuple[int, str]:
-        loop = asyncio.get_running_loop()
         while not self._ready:
             if self._error is not None:
                 raise self._error
-            self._waiter = loop.create_future()
-            timer = loop.call_later(timeout, self._waiter.cancel)
-            try:
-                await self._waiter
-            except asyncio.CancelledError:
-                if self._waiter.cancelled() and not _current_task_cancelling():
-                    self._fail(aiosmtplib.SMTPReadTimeoutError("timed out waiting for a reply"))
-                    self.transport.close()
-                    raise self._error from None  # type: ignore[misc]
-                raise
-            finally:
-                timer.cancel()
-                self._waiter = None
+            await self._wait(timeout, aiosmtplib.SMTPReadTimeoutError("timed out waiting for a reply"))
         self.expected -= 1
         return self._ready.popleft()
+
+    async def writable(self, timeout: float) -> None:
+        """Return once the transport's buffer is below its high-water mark
+        (asyncio calls pause_writing and resume_writing), so content is
+        handed over as the next hop takes it, never buffered whole.  A hop
+        that answered before the end (a 552 mid-content) is waited for no
+        more: the rest is buffered, and its reply read, as aiosmtplib does."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if not self._paused or self._ready:
+                return
+            await self._wait(timeout, aiosmtplib.SMTPTimeoutError("timed out sending the message"))
+
+    async def _wait(self, timeout: float, timeout_error: Exception) -> None:
+        """Until _wake (a reply, resume_writing, a failure); `timeout_error`
+        after `timeout` seconds, and the connection is closed."""
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, self._waiter.cancel)
+        try:
+            await self._waiter
+        except asyncio.CancelledError:
+            if self._waiter.cancelled() and not _current_task_cancelling():
+                self._fail(timeout_error)
+                self.transport.close()
+                raise self._error from None  # type: ignore[misc]
+            raise
+        finally:
+            timer.cancel()
+            self._waiter = None
 
 
 def _current_task_cancelling() -> bool:
@@ -140,18 +168,64 @@ def _current_task_cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def frame_content(message: bytes) -> tuple[int, list[bytes]]:
+def frame_content(message: bytes | Chunks) -> tuple[int, Iterable[bytes | memoryview]]:
     """(its size for SIZE=, the octets to send after 354, ending with the
     final dot) as aiosmtplib frames them: lone CR and LF become CRLF, a last
-    line gets its CRLF, lines starting with "." get another.  The relay's
-    own output needs none of that, and a 10 MiB message then goes out
-    without three more copies of it (tests/test_pipelining.py compares)."""
-    clean = (message.endswith(b"\r\n") and crlf_only(message)
-             and not message.startswith(b".") and b"\n." not in message)
-    if clean:
-        return len(message), [message, b".\r\n"]
-    normalized = normalize_message_line_endings(message)
-    return len(normalized), [PERIOD_REGEX.sub(b"..", normalized) + b".\r\n"]
+    line gets its CRLF, lines starting with "." get another
+    (tests/test_pipelining.py compares).  The relay's own output needs no
+    line-ending fix-up, and the dots are stuffed by sending the octets
+    between them as views, made as they are sent (two views a line, made
+    at once, would be several times a message with a dot on every line):
+    a 10 MiB message, joined (read back from the store) or in pieces
+    (relay.chunks), goes out without another copy."""
+    if isinstance(message, bytes) and message.endswith(b"\r\n") and crlf_only(message) \
+            and not message.startswith(b".") and b"\n." not in message:
+        return len(message), [message, b".\r\n"]  # the common case, at once
+    data = message if isinstance(message, Chunks) else Chunks([message])
+    if not (data.endswith(b"\r\n") and crlf_only(data)):
+        data = Chunks([normalize_message_line_endings(data.join())])  # not the relay's output
+    return len(data), _dot_stuffed(data)
+
+
+def _dot_stuffed(data: Chunks) -> Iterator[bytes | memoryview]:
+    done = 0
+    dot = 0 if data.startswith(b".") else _line_start_dot(data, 0)
+    while dot >= 0:
+        yield from data.buffers(done, dot)
+        yield b"."  # (as aiosmtplib's PERIOD_REGEX: a dot at a line start gets another)
+        done = dot
+        dot = _line_start_dot(data, dot + 1)
+    yield from data.buffers(done)
+    yield b".\r\n"
+
+
+def _line_start_dot(data: Chunks, start: int) -> int:
+    at = data.find(b"\n.", start)
+    return at + 1 if at >= 0 else -1
+
+
+# Small buffers are gathered into writes of about this size.
+WRITE_SIZE = 1 << 16
+
+
+def _gathered(buffers: Iterable[bytes | memoryview]) -> Iterator[bytes | bytearray | memoryview]:
+    """The buffers, small ones gathered into blocks of about WRITE_SIZE
+    octets (a message with a dot on every line is two small views a line:
+    one write each would be a system call or a buffered object each)."""
+    pending = bytearray()
+    for buf in buffers:
+        if len(buf) >= WRITE_SIZE:
+            if pending:
+                yield pending
+                pending = bytearray()
+            yield buf
+            continue
+        pending += buf
+        if len(pending) >= WRITE_SIZE:
+            yield pending
+            pending = bytearray()
+    if pending:
+        yield pending
 
 
 class PipelinedConnection:
@@ -175,18 +249,30 @@ class PipelinedConnection:
         if not self._transport.is_closing():
             self._transport.close()
 
-    def _send(self, chunks: list[bytes], replies: int) -> None:
-        """Write `chunks` (one write for all) that `replies` replies will answer."""
+    def _expect(self, replies: int) -> None:
+        """What is written next will be answered by `replies` replies."""
         if not self.is_connected:
             raise aiosmtplib.SMTPServerDisconnected("connection lost")
         self._replies.expected += replies
+
+    def _send(self, chunks: list[bytes], replies: int) -> None:
+        """Write `chunks` (one write for all) that `replies` replies will answer."""
+        self._expect(replies)
         self._transport.writelines(chunks)  # type: ignore[attr-defined]
+
+    async def _send_content(self, content: Iterable[bytes | memoryview]) -> None:
+        """The content after 354 (one reply answers it), written as the
+        transport's buffer drains: a large message is not copied into it."""
+        self._expect(1)
+        for buf in _gathered(content):
+            self._transport.write(buf)  # type: ignore[attr-defined]
+            await self._replies.writable(self.timeout)
 
     async def rset(self) -> None:
         self._send([b"RSET\r\n"], 1)
         await self._replies.reply(self.timeout)
 
-    async def sendmail(self, sender: str, recipients: list[str], message: bytes) -> tuple[dict, str]:
+    async def sendmail(self, sender: str, recipients: list[str], message: bytes | Chunks) -> tuple[dict, str]:
         """MAIL, RCPT and DATA in one write; the content once DATA said 354.
         Raises as aiosmtplib.SMTP.sendmail does (one recipient)."""
         (recipient,) = recipients
@@ -206,7 +292,7 @@ class PipelinedConnection:
             if rcpt[0] not in (250, 251):
                 raise aiosmtplib.SMTPRecipientsRefused([aiosmtplib.SMTPRecipientRefused(rcpt[0], rcpt[1], recipient)])
             raise aiosmtplib.SMTPDataError(data[0], data[1])
-        self._send(content, 1)
+        await self._send_content(content)
         done = await self._replies.reply(self.timeout)
         if done[0] != 250:
             raise aiosmtplib.SMTPDataError(done[0], done[1])

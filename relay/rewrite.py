@@ -35,6 +35,7 @@ from email.message import EmailMessage, _formatparam  # the stdlib's own paramet
 from email._encoded_words import decode_b as _decode_b
 from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 
+from relay.chunks import Chunks, Span
 from relay.filters.attachments import declared_kind, sniff
 from relay.filters.base import Attachment, TextPart
 from relay.smtpdata import crlf_only
@@ -101,7 +102,7 @@ class Threading:
 
 @dataclass
 class RewriteResult:
-    data: bytes
+    data: bytes | Chunks  # Chunks when larger than JOIN_BELOW (relay.chunks)
     parts: list[TextPart] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     subject: str = ""
@@ -468,15 +469,17 @@ class _Writer:
 
     def _leaf(self, part: EmailMessage) -> tuple[list[bytes], list[bytes]]:
         ctype = part.get_content_type()
-        raw = _raw_payload(part)
+        raw = _raw_octets(part)
         cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
         filename = part.get_filename()
         try:
             decoded = decoded_payload(part, raw) or b""
         except Exception:
             decoded = raw
-        if ctype.startswith("text/") or ctype in TEXTUAL_TYPES or (declared_kind(ctype) is None
-                                                                    and sniff(decoded) == "txt"):
+        textual = ctype.startswith("text/") or ctype in TEXTUAL_TYPES
+        if not textual and isinstance(decoded, Span):
+            decoded = raw = bytes(decoded)  # an attachment is judged as bytes (relay.filters.attachments)
+        if textual or (declared_kind(ctype) is None and sniff(decoded) == "txt"):
             # (a text file sent as application/octet-stream is a text file: the attachment
             # rules let it through as plain text, so it is scrubbed and judged as text)
             return self._text_leaf(part, ctype, raw, cte, decoded, filename)
@@ -498,10 +501,10 @@ class _Writer:
         text_is_raw = text is not None  # text is raw's octets read as characters
         if text is None:
             try:
-                text = decoded.decode(charset)
+                text = bytes(decoded).decode(charset)
             except (LookupError, UnicodeDecodeError):
                 charset = "utf-8"
-                text = decoded.decode("utf-8", errors="replace")
+                text = bytes(decoded).decode("utf-8", errors="replace")
         new_text = text
         for old, new in self.cid_map.items():
             if "cid:" + old in new_text:
@@ -532,23 +535,25 @@ class _Writer:
             headers = _with_charset(headers, part, charset, self)
         return headers, [body]
 
-    def _as_received(self, part: EmailMessage, raw: bytes) -> list:
-        """`[_ensure_crlf_end(raw)]` for a body sent as received, as a view of
-        the received octets when they are known to hold it: where the parser
-        recorded them (relay.parsing.BodySource), else, for a large body, where
-        it is found in them.  Then `raw` is dropped before the outgoing message
-        is joined instead of being one more copy at that moment."""
-        view = None
+    def _as_received(self, part: EmailMessage, raw: bytes | Span) -> list:
+        """`[_ensure_crlf_end(raw)]` for a body sent as received, as a Span of
+        the received octets when they are known to hold it: `raw` itself (see
+        _raw_octets), where the parser recorded them (relay.parsing.BodySource),
+        else, for a large body, where it is found in them.  The outgoing
+        message then holds no copy of it (relay.chunks)."""
         source = getattr(part, "body_source", None)
-        if source is not None and source.payload is part._payload and raw.isascii():
-            view = memoryview(source.content)[source.start:]
+        span = None
+        if isinstance(raw, Span):
+            span = raw
+        elif source is not None and source.payload is part._payload and raw.isascii():
+            span = Span(source.content, source.start)
         elif self.source is not None and len(raw) >= FIND_IN_SOURCE:
             at = self.source.find(raw)
             if at >= 0:
-                view = memoryview(self.source)[at:at + len(raw)]
-        if view is None:
+                span = Span(self.source, at, at + len(raw))
+        if span is None:
             return [_ensure_crlf_end(raw)]
-        return [view] if not raw or raw.endswith(b"\n") else [view, b"\r\n"]
+        return [span] if not raw or raw.endswith(b"\n") else [span, b"\r\n"]
 
     def _raw_is_clean(self, raw: bytes, text: str, text_scrubbed: str | None) -> bool:
         """Does the scrubber leave the raw octets, read as Latin-1, unchanged?
@@ -557,7 +562,7 @@ class _Writer:
         part and a second scan."""
         if text_scrubbed is not None:
             return text_scrubbed == text
-        raw_text = raw.decode("latin-1")
+        raw_text = bytes(raw).decode("latin-1")
         return self.scrubber.text(raw_text) == raw_text
 
 
@@ -587,7 +592,7 @@ def decoded_payload(part: EmailMessage, raw: bytes) -> bytes | None:
         value = _strict_base64(raw)
         if value is not None:
             return value
-        value, defects = _decode_b(raw.translate(None, b"\r\n"))
+        value, defects = _decode_b(bytes(raw).translate(None, b"\r\n"))
         for defect in defects:
             part.policy.handle_defect(part, defect)
         return value
@@ -634,8 +639,8 @@ def _payload_as_text(part: EmailMessage, raw: bytes, decoded: bytes, charset: st
     return None
 
 
-def _ends_with_newline(chunks: list[bytes]) -> bool:
-    """Does the concatenation of chunks (bytes or memoryviews) end in LF?"""
+def _ends_with_newline(chunks: list[bytes | Span]) -> bool:
+    """Does the concatenation of chunks (bytes or Spans) end in LF?"""
     for chunk in reversed(chunks):
         if chunk:
             return chunk[-1:] == b"\n"
@@ -679,6 +684,18 @@ def _strip_pgp_blocks(text: str) -> str:
     return PGP_SIGNED_HEADER.sub("", text)
 
 
+def _raw_octets(part: EmailMessage) -> bytes | Span:
+    """`_raw_payload(part)`; for a large single-part ASCII body, a Span of
+    the received octets that the parser decoded it from (relay.parsing
+    .BodySource): they are the same octets, and encoding the payload again
+    would be one more copy of the message while it is rewritten."""
+    source = getattr(part, "body_source", None)
+    payload = part._payload
+    if source is not None and source.payload is payload and len(payload) >= FIND_IN_SOURCE and payload.isascii():
+        return Span(source.content, source.start)
+    return _raw_payload(part)
+
+
 def _raw_payload(part: EmailMessage) -> bytes:
     payload = part.get_payload(decode=False)
     if isinstance(payload, list):
@@ -701,7 +718,7 @@ def _lines_fit(raw: bytes) -> bool:
 
 # Lines are split and measured this many octets at a time (a list of every line of a
 # large message would take 1.7 times its size); a Python step per block, not per line.
-LINE_BLOCK = 1 << 16
+LINE_BLOCK = 1 << 14
 
 
 def _has_long_line(data: bytes, sep: bytes, strip: bytes = b"") -> bool:
@@ -788,7 +805,7 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
     top.append(_header_line(LOOP_HEADER, parties.hostname))
     top.append(_header_line("MIME-Version", "1.0"))
     headers, body = writer.part(message, depth=0)
-    data = b"".join([*top, *headers, b"\r\n", *body])
+    data = _assemble([*top, *headers, b"\r\n", *body])
     del body  # the parts' own copies go now, before anything else is allocated
     data = normalize_line_endings(data)
     if _has_long_line(data, b"\r\n"):
@@ -797,7 +814,19 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
     return RewriteResult(data, writer.parts, writer.attachments, subject)
 
 
-def _refuse_literal_leak(data: bytes, parties: Parties) -> None:
+# An outgoing message at most this large is joined into one bytes object (the
+# checks, the store and delivery are quickest on one piece, and the copy is
+# small); a larger one stays Chunks (relay.chunks), never joined.
+JOIN_BELOW = 256 * 1024
+
+
+def _assemble(pieces: list[bytes | Span]) -> bytes | Chunks:
+    if sum(map(len, pieces)) > JOIN_BELOW:
+        return Chunks(pieces)
+    return b"".join(p.view() if isinstance(p, Span) else p for p in pieces)
+
+
+def _refuse_literal_leak(data: bytes | Chunks, parties: Parties) -> None:
     """Last line of defence: whatever path a part took, the bytes that leave
     never hold a party's address literally (the reader's own only in To)."""
     to_line = _header_line("To", parties.recipient_addresses[0]).lower()
@@ -810,7 +839,7 @@ def _refuse_literal_leak(data: bytes, parties: Parties) -> None:
 
 # The leak check and the address hints lowercase this many octets (or
 # characters) at a time, not a copy of the whole message or text.
-LOWER_BLOCK = 1 << 16
+LOWER_BLOCK = 1 << 14
 
 
 def _holds_without(data: bytes, needles: list[bytes], cut: bytes) -> bool:
@@ -914,13 +943,16 @@ def _eight_bit_header_text(name: str, raw: str) -> str:
         return text
 
 
-def normalize_line_endings(data: bytes) -> bytes:
+def normalize_line_endings(data: bytes | Chunks) -> bytes | Chunks:
     """Every line ends in CRLF: a stray CR or LF never reaches the next hop
     (SMTP smuggling, THREATS #3; Postfix cleanup_replace_stray_cr_lf).
     Data that has only CRLF (every CR and every LF is in one) is returned
-    as it is: counting is cheaper than three copies that change nothing."""
+    as it is: counting is cheaper than three copies that change nothing.
+    Chunks are normalised a piece at a time, seams included."""
     if crlf_only(data):
         return data
+    if isinstance(data, Chunks):
+        return data.with_line_endings(normalize_line_endings, crlf_only)
     return data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
 
 

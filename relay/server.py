@@ -49,6 +49,7 @@ from prometheus_client import Counter
 
 from relay import notify
 from relay.aliases import AddressError, normalize_address, split_address
+from relay.chunks import Chunks
 from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport
 from relay.delivery import Delivery
 from relay.limits import ConnectionLimiter, RateLimiter, ip_key, tarpit_delay
@@ -933,7 +934,7 @@ class RelayDaemon:
     def data_changed(self) -> None:
         self._data_event.set()
 
-    def _queued(self, entry: QueueEntry | None = None, data: bytes | None = None) -> None:
+    def _queued(self, entry: QueueEntry | None = None, data: bytes | Chunks | None = None) -> None:
         assert self.delivery is not None
         if entry is not None and data is not None:
             self.delivery.submit(entry, data)

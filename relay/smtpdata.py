@@ -50,9 +50,17 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
 
     When a block is both too large and has an over-long line, the one that
     starts first in the stream decides (aiosmtpd decides within a line by
-    how its reads fell; both answers are 5xx)."""
+    how its reads fell; both answers are 5xx).
+
+    The chunks read are kept as they came and joined once at the end; the
+    buffer that is searched holds only what is not yet judged (the open
+    line and a possible terminator's start).  A buffer of the whole block,
+    grown chunk by chunk, held up to 1.125 times the message when it was
+    copied out: 2.1 times in all, more than the message is held later."""
     longest = line_limit - 2  # octets of a line before its CRLF
+    chunks: list[bytes] = []  # the data as read, while it is NOMINAL
     buf = bytearray(b"\r\n")  # as if after a line end: "." as the first line ends the data
+    dropped = 0  # octets of the stream (sentinel CRLF included) before buf[0]
     scanned = 0  # END cannot start before this index of buf
     line_start = 2  # the first line not yet judged
     state = DataState.NOMINAL
@@ -65,11 +73,12 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
         buf += chunk
         end = buf.find(END, scanned)
         if state is DataState.NOMINAL:
+            chunks.append(chunk)
             stop = end + 2 if end >= 0 else len(buf)  # the data runs to the CRLF before "."
             # The data octets known so far: without a terminator yet, the
             # last three octets may be one (".\r" after its CRLF): not counted.
-            size = stop - 2 if end >= 0 else max(0, len(buf) - 2 - 2)
-            over = 2 + size_limit if size_limit and size > size_limit else None
+            size = dropped + (stop - 2 if end >= 0 else max(0, len(buf) - 2 - 2))
+            over = 2 + size_limit - dropped if size_limit and size > size_limit else None
             state, line_start = _judge(buf, line_start, stop, longest, over)
         if end >= 0:
             leftover = bytes(buf[end + len(END):])
@@ -77,16 +86,30 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
                 reader.feed_data(leftover)  # nothing is buffered behind it: read() took it all
             if state is not DataState.NOMINAL:
                 return state, None
-            with memoryview(buf) as view:
-                content = bytes(view[2:end + 2])  # one copy, not a slice and then a copy
             del buf
-            return state, _unstuff(content)
+            return state, _unstuff(_first_octets(chunks, dropped + end))
         if state is DataState.NOMINAL:
             scanned = max(0, len(buf) - (len(END) - 1))
+            keep = min(line_start, scanned)  # what is judged and searched goes
+            del buf[:keep]
+            dropped, scanned, line_start = dropped + keep, scanned - keep, line_start - keep
         else:
             # Drop the data; keep only what a terminator split across chunks could start with.
+            chunks = []
             buf = bytearray(buf[-(len(END) - 1):])
             scanned = 0
+
+
+def _first_octets(chunks: list[bytes], n: int) -> bytes:
+    """The first n octets of the chunks, joined: one copy."""
+    parts: list[bytes | memoryview] = []
+    for chunk in chunks:
+        if len(chunk) >= n:
+            parts.append(chunk if len(chunk) == n else memoryview(chunk)[:n])
+            break
+        parts.append(chunk)
+        n -= len(chunk)
+    return b"".join(parts)
 
 
 def _judge(buf: bytearray, line_start: int, stop: int, longest: int, over: int | None) -> tuple[DataState, int]:

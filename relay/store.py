@@ -31,6 +31,8 @@ from typing import Any, Callable, Iterable, TypeVar
 
 import aiosqlite
 
+from relay.chunks import Chunks, buffers
+
 T = TypeVar("T")
 
 # Page cache per connection, in KiB when negative (SQLite's default is 2 MiB).
@@ -201,7 +203,7 @@ class AuditRecord:
     subject: str | None = None
     fingerprint: str | None = None
     inbound: bytes | None = None
-    outbound: bytes | None = None
+    outbound: bytes | Chunks | None = None  # a large rewritten message stays in pieces (relay.chunks)
 
 
 def utc_now_iso() -> str:
@@ -770,6 +772,8 @@ BLOB_SLICE = 1 << 20
 
 def _insert_audit(db: sqlite3.Connection, r: AuditRecord) -> int:
     copies = {"inbound": r.inbound, "outbound": r.outbound}
+    if isinstance(r.outbound, Chunks) and len(r.outbound) <= LARGE_BLOB:
+        copies["outbound"] = r.outbound.join()
     large = {name: data for name, data in copies.items() if data is not None and len(data) > LARGE_BLOB}
     slots = ", ".join("zeroblob(?)" if name in large else "?" for name in copies)
     cur = db.execute(
@@ -808,11 +812,13 @@ def release_all_claims(path: str, busy_timeout: float = 10.0) -> int:
         conn.close()
 
 
-def _write_blob(db: sqlite3.Connection, table: str, column: str, rowid: int, data: bytes) -> None:
+def _write_blob(db: sqlite3.Connection, table: str, column: str, rowid: int, data: bytes | Chunks) -> None:
     """Fill a zeroblob column with `data`, a slice at a time (views, not copies)."""
-    with db.blobopen(table, column, rowid) as blob, memoryview(data) as view:
-        for start in range(0, len(data), BLOB_SLICE):
-            blob.write(view[start:start + BLOB_SLICE])
+    with db.blobopen(table, column, rowid) as blob:
+        for piece in buffers(data):
+            with memoryview(piece) as view:
+                for start in range(0, len(view), BLOB_SLICE):
+                    blob.write(view[start:start + BLOB_SLICE])
 
 
 def _order(row: sqlite3.Row) -> Order:

@@ -222,3 +222,77 @@ def test_content_framing_equals_aiosmtplib(message):
 @given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b"Subject: x", b" "]), max_size=30))
 def test_content_framing_equals_aiosmtplib_on_any_mix(pieces):
     test_content_framing_equals_aiosmtplib(b"".join(pieces))
+
+
+async def test_a_large_content_is_written_as_the_hop_takes_it():
+    """4 MiB with a dot on every line, to a hop that reads slowly: the content
+    goes out as the transport's buffer drains (pause_writing/resume_writing),
+    never buffered whole, and arrives stuffed, in full."""
+    import tracemalloc
+
+    received: list[bytes] = []
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(EHLO_REPLY)
+        for _ in range(3):  # MAIL, RCPT, DATA
+            await reader.readline()
+        writer.write(OK[0] + OK[1] + OK[2])
+        total, tail = 0, b""
+        while not tail.endswith(b"\r\n.\r\n"):
+            chunk = await reader.read(16384)
+            total, tail = total + len(chunk), (tail + chunk)[-5:]
+            await asyncio.sleep(0)
+        received.append(b"%d" % total)
+        writer.write(OK[3])
+        await reader.read()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    message = b"Subject: x\r\n\r\n" + b".dot\r\nplain line\r\n" * 200_000
+    stuffed = len(message.replace(b"\n.", b"\n..")) + 3
+    try:
+        connection = await _connection(server.sockets[0].getsockname()[1], timeout=30)
+        tracemalloc.start()
+        try:
+            assert await connection.sendmail("b@relay.test", ["c@d.example"], message) == ({}, "queued as 1")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert received == [b"%d" % stuffed]
+        assert peak < 0.25 * len(message), peak / len(message)
+        connection.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_hop_that_refuses_mid_content_and_stops_reading_gets_its_refusal_raised():
+    """The content is not waited on forever: the 552 sent before the end is
+    what sendmail raises (a permanent failure), as with aiosmtplib."""
+    done = asyncio.Event()
+
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 hop.test ESMTP\r\n")
+        await reader.readline()
+        writer.write(EHLO_REPLY)
+        for _ in range(3):
+            await reader.readline()
+        writer.write(OK[0] + OK[1] + OK[2])
+        await reader.read(1000)
+        writer.write(b"552 5.3.4 too big for this mailbox\r\n")
+        await done.wait()  # reads nothing more
+        writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", 0)
+    try:
+        connection = await _connection(server.sockets[0].getsockname()[1], timeout=5)
+        with pytest.raises(aiosmtplib.SMTPDataError) as raised:
+            await connection.sendmail("b@relay.test", ["c@d.example"],
+                                      b"Subject: x\r\n\r\n" + (b"y" * 78 + b"\r\n") * 2**16)
+        assert raised.value.code == 552
+        connection.close()
+    finally:
+        done.set()
+        server.close()
+        await server.wait_closed()

@@ -177,7 +177,7 @@ def _parts_fingerprint(parts: tuple[TextPart, ...]) -> str:
 # each one to two times its size).  Lines are joined by a space, which is
 # where blocks meet: NFKD and casefold treat each side alike (a space is a
 # starter, and casefold works a character at a time) and no word spans it.
-FINGERPRINT_BLOCK = 1 << 16
+FINGERPRINT_BLOCK = 1 << 12
 
 
 def _line_blocks(text: str):
