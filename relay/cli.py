@@ -245,6 +245,18 @@ def _address(value: str, what: str) -> str:
         raise UsageError(f"{what}: {exc}") from None
 
 
+def _deliverable_address(value: str, what: str) -> str:
+    """An address the relay will send mail to.  It does not use SMTPUTF8
+    (RFC 6531; THREATS #57), so a UTF-8 local part could never be sent to:
+    refused now rather than queued mail that can never leave.  A UTF-8
+    domain has an ASCII form (IDNA), which normalize_address returns."""
+    address = _address(value, what)
+    if not address.isascii():
+        raise UsageError(f"{what}: {value.strip()!r} has a non-ASCII local part, which needs SMTPUTF8; "
+                         "the relay does not use SMTPUTF8, so it could not deliver to it")
+    return address
+
+
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False))
 
@@ -254,7 +266,7 @@ async def seller_add(store: Store, settings: Settings, args: argparse.Namespace)
         raise UsageError("the seller id and name must not be empty")
     emails: list[str] = []
     for e in args.email:
-        address = _address(e, "--email")
+        address = _deliverable_address(e, "--email")
         if address not in emails:
             emails.append(address)
     seller = await store.add_seller(args.id, args.name, emails)
@@ -304,7 +316,7 @@ async def seller_passwd(store: Store, settings: Settings, args: argparse.Namespa
 async def order_open(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     if not args.order.strip():
         raise UsageError("the order id must not be empty")
-    buyer = _address(args.buyer, "--buyer")
+    buyer = _deliverable_address(args.buyer, "--buyer")
     try:
         order = await store.open_order(args.order, args.seller, buyer, args.buyer_name, mint_alias)
     except NotFound:

@@ -335,3 +335,5 @@ def _check_address(address: str, allow_empty: bool) -> None:
         return
     if not address or not _SAFE_ADDRESS.fullmatch(address) or "@" not in address:
         raise PermanentFailure("invalid stored address")
+    if not address.isascii():  # THREATS #57: refused at `order open` since; an older store may hold one
+        raise PermanentFailure("the address needs SMTPUTF8, which the relay does not use")

@@ -92,6 +92,23 @@ def test_reserved_test_domains_are_valid_addresses(cli):
         assert result.returncode == 0, result.stderr
 
 
+def test_an_address_that_needs_smtputf8_is_refused_where_mail_would_go_to_it(cli):
+    """THREATS #57: the relay does not use SMTPUTF8 (RFC 6531), so it could
+    never send to a UTF-8 local part: registering one is refused at once, in
+    one sentence, instead of queueing mail that can never leave.  A UTF-8
+    domain is fine: it has an ASCII form (IDNA)."""
+    result = cli("seller", "add", "s1", "--name", "Shop", "--email", "jürgen@shop.example")
+    assert_usage_error(result, "--email", "SMTPUTF8")
+    assert len(result.stderr.decode().strip().splitlines()) == 1
+    assert rows(cli.db, "sellers") == 0
+    assert cli("seller", "add", "s1", "--name", "Shop", "--email", "sam@shöp.example").returncode == 0
+    result = cli("order", "open", "o1", "--seller", "s1", "--buyer", "jürgen@buyer.test")
+    assert_usage_error(result, "--buyer", "SMTPUTF8")
+    assert rows(cli.db, "orders") == 0
+    opened = cli("order", "open", "o1", "--seller", "s1", "--buyer", "bob@büyer.test")
+    assert opened.returncode == 0, opened.stderr
+
+
 def test_optout_add_list_remove(cli):
     assert cli("optout", "add", "Bob@Buyer.test").returncode == 0
     assert cli("optout", "list").stdout.decode().split() == ["bob@buyer.test"]

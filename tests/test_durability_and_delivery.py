@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import smtplib
+import sqlite3
 from email import message_from_bytes, policy
 
 from conftest import free_port
@@ -114,6 +115,24 @@ async def test_permanent_failure_fails_at_once_with_a_neutral_notice(relay_facto
     states = sorted((e["kind"], e["state"]) for e in queue(relay))
     assert states == [("bounce", "delivered"), ("relay", "failed")]
     assert relay.audit()[0]["delivery"] == "failed"
+
+
+async def test_a_stored_address_that_needs_smtputf8_fails_at_once_with_a_notice(relay_factory, sink):
+    """The relay does not use SMTPUTF8; `order open` refuses a UTF-8 local
+    part, but a store written before that check may hold one.  Such mail
+    fails permanently (the seller gets the neutral notice) instead of being
+    retried for ever (THREATS #57)."""
+    relay = await relay_factory()
+    aliases = setup_order(relay)
+    with sqlite3.connect(relay.workdir / "relay.sqlite3") as db:
+        db.execute("UPDATE orders SET buyer_address = ? WHERE id = 'o1'", ("jürgen@buyer.test",))
+    send_clean(relay, aliases["buyer_alias"])
+    (notice,) = await sink.wait_for_count(1)
+    assert notice.rcpt_tos == [SELLER]
+    assert "jürgen" not in all_decoded_text(notice.data)
+    states = sorted((e["kind"], e["state"]) for e in queue(relay))
+    assert states == [("bounce", "delivered"), ("relay", "failed")]
+    assert not relay.events("delivery.error")
 
 
 async def test_give_up_after_lifetime_sends_one_notice(relay_factory, sink):
