@@ -35,6 +35,7 @@ import dataclasses
 import functools
 import gc
 import inspect
+import os
 import re
 import signal
 import time
@@ -886,8 +887,9 @@ class RelayDaemon:
         self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
         self._join_metrics_feed()
         self.ready = True
-        self.log.info("relay.started", listen=_address_of(self.server), store=s.store.path,
-                      delivery=s.delivery.mode, config=s.source, starttls=self.tls_context is not None,
+        self.log.info("relay.started", role=self.role, pid=os.getpid(), listen=_address_of(self.server),
+                      store=s.store.path, delivery=s.delivery.mode, config=s.source,
+                      starttls=self.tls_context is not None,
                       submission=_address_of(self.submission_server), metrics=_address_of(self.metrics_server))
         notify.ready()
 

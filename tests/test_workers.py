@@ -56,6 +56,8 @@ async def test_two_workers_accept_and_deliver_everything(relay_factory, sink):
     assert await relay.stop(timeout=60) == 0
     assert len(sink.messages) == count  # nothing sent twice by the two deliverers
     assert not relay.events("relay.worker_exited")
+    roles = sorted((e["role"], e["pid"]) for e in relay.events("relay.started"))
+    assert roles == [("acceptor", children[0]), ("primary", relay.proc.pid)]
     assert {e["state"] for e in queue(relay)} == {"delivered"}
     for pid in children:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
