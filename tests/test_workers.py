@@ -241,10 +241,13 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly(
     """A replacement that dies at once (say, a broken configuration file) is
     started again after 1 s, then 2 s, 4 s...: the primary does not spin."""
     events: list[tuple[str, dict]] = []
+    third_exit = asyncio.Event()
 
     class Log:
         def info(self, name, **fields):
             events.append((name, fields))
+            if sum(1 for e in events if e[0] == "relay.worker_exited") >= 3:
+                third_exit.set()
 
         error = info
 
@@ -254,10 +257,7 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly(
     first = subprocess.Popen([sys.executable, "-c", "pass"])
     pool = Workers([first.pid], ([sys.executable, "-c", "raise SystemExit(2)"], []), Log(), nothing)
     pool.watch()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while len([e for e in events if e[0] == "relay.worker_exited"]) < 3 and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    await asyncio.wait_for(third_exit.wait(), timeout=30)
     pool.terminate()
     await pool.reap(10)
     pauses = [fields["restart_in_s"] for name, fields in events if name == "relay.worker_exited"]
