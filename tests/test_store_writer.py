@@ -60,3 +60,30 @@ async def test_a_failing_transaction_does_not_fail_its_batch(tmp_path):
         assert await store.is_opted_out("ann@buyer.test")
     finally:
         await store.close()
+
+
+def test_two_processes_creating_the_store_at_once_both_open_it(tmp_path):
+    """listen.workers = 2 on a first start: both processes create the store
+    together.  While the new file is still in rollback-journal mode, SQLite
+    answers one of them "database is locked" at once, without waiting for
+    the busy timeout, when it switches to WAL (seen in about a third of such
+    starts: the primary then exited).  Each process must wait its turn."""
+    import os
+
+    failures = 0
+    for trial in range(15):
+        path = str(tmp_path / f"s{trial}.sqlite3")
+        children = []
+        for _ in range(2):
+            pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    Store._open_writer(path, 10.0).close()
+                    code = 0
+                finally:
+                    os._exit(code)
+            children.append(pid)
+        for pid in children:
+            failures += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
+    assert failures == 0
