@@ -16,6 +16,7 @@ import sqlite3
 import sys
 from typing import Any, Sequence
 
+from relay import notify
 from relay.aliases import AddressError, mint_alias, normalize_address
 from relay.config import ConfigError, Settings, check_files, load_settings
 from relay.sharing import ListenError, Shared
@@ -123,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.logging.level)
         _use_uvloop()
         if args.acceptor:
-            return _serve_replacement_acceptor(settings, getattr(args, "config", None),
-                                               Shared.inherit(args.listen_fd, args.metrics_fd))
+            return _serve_acceptor(settings, getattr(args, "config", None),
+                                   Shared.inherit(args.listen_fd, args.metrics_fd))
         return _serve_processes(settings, getattr(args, "config", None))
     from relay.logs import configure_logging
 
@@ -167,22 +168,21 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
     for _ in range(settings.listen.workers - 1):
         pid = os.fork()
         if pid == 0:  # an acceptor
-            os.environ.pop("NOTIFY_SOCKET", None)  # only the primary talks to systemd
-            os.environ.pop("WATCHDOG_USEC", None)
-            _die_with_parent()
+            notify.leave_to_the_primary(os.environ)
             code = 1
             try:
-                code = _run(serve(settings, config_path, role="acceptor", shared=shared))
+                code = _serve_acceptor(settings, config_path, shared)
             finally:
                 os._exit(code)
         children.append(pid)
     return _run(serve(settings, config_path, role="primary", workers=children, shared=shared))
 
 
-def _serve_replacement_acceptor(settings: Settings, config_path: str | None, shared: Shared) -> int:
-    """A worker the primary started in place of one that died, on the
-    listening sockets it inherited.  It must not drop claims as a service
-    start does: the live processes hold theirs."""
+def _serve_acceptor(settings: Settings, config_path: str | None, shared: Shared) -> int:
+    """A worker process other than the primary: forked above, or started by
+    the primary in place of one that died (`serve --acceptor`, on the
+    sockets it inherited).  It never drops claims as a service start does:
+    the live processes hold theirs."""
     from relay.server import serve
 
     _die_with_parent()

@@ -16,9 +16,10 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 
 __all__ = [
+    "leave_to_the_primary",
     "notify",
     "ready",
     "reloading",
@@ -42,6 +43,14 @@ def _address(env: Mapping[str, str]) -> str | None:
     # sd_notify(3) accepts only absolute paths and abstract names (and vsock, which
     # this daemon never runs under); anything else is ignored rather than guessed at.
     return None
+
+
+def leave_to_the_primary(env: MutableMapping[str, str]) -> None:
+    """Take the service manager's variables out of `env`: with several worker
+    processes only the primary (systemd's main PID) notifies and pets the
+    watchdog; the others' messages would be refused (NotifyAccess=main)."""
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
 
 
 def notify(state: str, *, env: Mapping[str, str] | None = None) -> bool:

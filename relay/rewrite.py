@@ -541,13 +541,8 @@ class _Writer:
         _raw_octets), where the parser recorded them (relay.parsing.BodySource),
         else, for a large body, where it is found in them.  The outgoing
         message then holds no copy of it (relay.chunks)."""
-        source = getattr(part, "body_source", None)
-        span = None
-        if isinstance(raw, Span):
-            span = raw
-        elif source is not None and source.payload is part._payload and raw.isascii():
-            span = Span(source.content, source.start)
-        elif self.source is not None and len(raw) >= FIND_IN_SOURCE:
+        span = raw if isinstance(raw, Span) else _received_span(part)
+        if span is None and self.source is not None and len(raw) >= FIND_IN_SOURCE:
             at = self.source.find(raw)
             if at >= 0:
                 span = Span(self.source, at, at + len(raw))
@@ -689,11 +684,18 @@ def _raw_octets(part: EmailMessage) -> bytes | Span:
     the received octets that the parser decoded it from (relay.parsing
     .BodySource): they are the same octets, and encoding the payload again
     would be one more copy of the message while it is rewritten."""
+    span = _received_span(part)
+    return span if span is not None and len(span) >= FIND_IN_SOURCE else _raw_payload(part)
+
+
+def _received_span(part: EmailMessage) -> Span | None:
+    """The received octets an ASCII single-part body was parsed from
+    (relay.parsing.BodySource): for ASCII, the payload's own encoding."""
     source = getattr(part, "body_source", None)
     payload = part._payload
-    if source is not None and source.payload is payload and len(payload) >= FIND_IN_SOURCE and payload.isascii():
-        return Span(source.content, source.start)
-    return _raw_payload(part)
+    if source is None or source.payload is not payload or not payload.isascii():
+        return None
+    return Span(source.content, source.start)
 
 
 def _raw_payload(part: EmailMessage) -> bytes:

@@ -60,7 +60,7 @@ from relay.parsing import PARSE_POLICY
 from relay.passwords import verify_password
 from relay.pipeline import Outcome, Pipeline, Recipient
 from relay.sender_auth import ClientInfo
-from relay.sharing import BACKLOG, Shared
+from relay.sharing import BACKLOG, ListenError, Shared, bind
 from relay.smtpdata import DataState, read_data
 from relay.store import QueueEntry, StorageError, Store
 from relay.tasks import cancel_and_wait
@@ -883,7 +883,6 @@ class RelayDaemon:
                 raise StartError(f"cannot listen on metrics.listen {s.metrics.listen}: {exc.strerror or exc}") \
                     from None
         await self.delivery.start()
-        await self._refresh_queue_stats()
         self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
         self._join_metrics_feed()
         self.ready = True
@@ -894,17 +893,16 @@ class RelayDaemon:
         notify.ready()
 
     async def _listen(self, key: str, value: str, factory: Callable[[], RelaySMTP]) -> asyncio.AbstractServer:
-        loop = asyncio.get_running_loop()
-        shared = self.shared.listeners.get(key)
-        if shared:
-            servers = [await loop.create_server(factory, sock=sock, backlog=BACKLOG) for sock in shared]
-            self._more_servers += servers[1:]
-            return servers[0]
-        host, port = parse_hostport(key, value)
+        """Serve on the sockets bound before the fork (listen.workers > 1),
+        else on sockets bound now, the same way (relay.sharing.bind)."""
         try:
-            return await loop.create_server(factory, host=host, port=port, reuse_address=True, backlog=BACKLOG)
-        except OSError as exc:
-            raise StartError(f"cannot listen on {key} {value}: {exc.strerror or exc}") from None
+            sockets = self.shared.listeners.get(key) or bind(key, value)
+        except ListenError as exc:
+            raise StartError(str(exc)) from None
+        loop = asyncio.get_running_loop()
+        servers = [await loop.create_server(factory, sock=sock, backlog=BACKLOG) for sock in sockets]
+        self._more_servers += servers[1:]
+        return servers[0]
 
     def _protocol(self, listener: str) -> RelaySMTP:
         s = self.settings
@@ -1089,9 +1087,7 @@ class RelayDaemon:
         while True:
             try:
                 datagram = self.shared.metrics_in.recv(METRICS_DATAGRAM_MAX)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
+            except OSError:  # BlockingIOError: nothing more to read
                 return
             self.metrics.absorb(datagram)
 
@@ -1152,7 +1148,7 @@ async def serve(settings: Settings, config_path: str | None = None, role: str = 
     all of them share (relay.sharing)."""
     shared = shared or Shared()
     daemon = RelayDaemon(settings, config_path, role, shared)
-    acceptors = Workers(workers or [], acceptor_command(config_path, shared), daemon.log, daemon.worker_exited)
+    acceptors = Workers(acceptor_command(config_path, shared), daemon.log, daemon.worker_exited)
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()
@@ -1175,7 +1171,7 @@ async def serve(settings: Settings, config_path: str | None = None, role: str = 
         await daemon.abort()
         return 1
     freeze_startup_heap()
-    acceptors.watch()
+    acceptors.watch(workers or [])
     if daemon.reload_pending:
         daemon.sighup()
     await stop.wait()

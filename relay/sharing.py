@@ -34,7 +34,9 @@ class ListenError(Exception):
 
 def bind(key: str, value: str) -> list[socket.socket]:
     """Bind `value` ("host:port") as asyncio's create_server would: every
-    address the host name has, IPv6 ones v6-only, SO_REUSEADDR."""
+    address the host name has, IPv6 ones v6-only, SO_REUSEADDR.  Every
+    listener is bound here, shared by worker processes or not
+    (relay.server)."""
     host, port = parse_hostport(key, value)
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

@@ -47,6 +47,8 @@ CACHE_SIZE = -32768
 # entry over, at most this long after the death.  A restarted service drops
 # every claim at once (`release_all_claims`).
 CLAIM_LEASE = 120.0
+# What ends a claim: a release, or the entry's next state (sent, deferred, failed).
+_UNCLAIM = "claimed_by = NULL, claimed_until = 0"
 
 MIGRATIONS: list[str] = [
     # 1: initial schema
@@ -675,7 +677,7 @@ class Store:
             return
 
         def work(db: sqlite3.Connection) -> None:
-            db.executemany("UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE id = ? AND claimed_by = ?",
+            db.executemany(f"UPDATE queue SET {_UNCLAIM} WHERE id = ? AND claimed_by = ?",
                            [(i, owner) for i in ids])
 
         await self.transact(work)
@@ -684,7 +686,7 @@ class Store:
         """Give back every entry a dead worker process held (its deliverer's
         owner is "<pid>.<random>"); returns how many."""
         def work(db: sqlite3.Connection) -> int:
-            return db.execute("UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE claimed_by LIKE ?",
+            return db.execute(f"UPDATE queue SET {_UNCLAIM} WHERE claimed_by LIKE ?",
                               (f"{int(pid)}.%",)).rowcount
 
         return await self.transact(work)
@@ -736,7 +738,7 @@ class Store:
             now = time.time()
             db.execute(
                 "UPDATE queue SET state = 'failed', last_error = ?, attempts = attempts + 1, updated_at = ?, "
-                "claimed_by = NULL, claimed_until = 0 WHERE id = ?", (error, now, entry_id))
+                f"{_UNCLAIM} WHERE id = ?", (error, now, entry_id))
             if notice is not None:
                 mail_from, rcpt_to, message = notice
                 db.execute(
@@ -751,7 +753,7 @@ class Store:
             now = time.time()
             db.execute(
                 "UPDATE queue SET state = ?, last_error = ?, attempts = attempts + 1, updated_at = ?, "
-                "next_attempt = COALESCE(?, next_attempt), claimed_by = NULL, claimed_until = 0 WHERE id = ?",
+                f"next_attempt = COALESCE(?, next_attempt), {_UNCLAIM} WHERE id = ?",
                 (state, error, now, next_attempt, entry_id))
 
         await self.transact(work)
@@ -807,7 +809,7 @@ def release_all_claims(path: str, busy_timeout: float = 10.0) -> int:
     conn = Store._open_writer(path, busy_timeout)
     try:
         return conn.execute(
-            "UPDATE queue SET claimed_by = NULL, claimed_until = 0 WHERE claimed_until > 0").rowcount
+            f"UPDATE queue SET {_UNCLAIM} WHERE claimed_until > 0").rowcount
     finally:
         conn.close()
 

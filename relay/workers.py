@@ -24,6 +24,7 @@ import subprocess
 import sys
 from typing import Awaitable, Callable
 
+from relay import notify
 from relay.sharing import Shared
 
 # An acceptor that lived at least this long died of something other than
@@ -42,18 +43,15 @@ def acceptor_command(config_path: str | None, shared: Shared) -> tuple[list[str]
 
 
 def acceptor_environment() -> dict[str, str]:
-    """Only the primary talks to systemd."""
     env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
+    notify.leave_to_the_primary(env)
     return env
 
 
 class Workers:
     """The primary's view of its acceptors: watch, replace, signal, reap."""
 
-    def __init__(self, pids: list[int], command: tuple[list[str], list[int]], log,
-                 on_exit: Callable[[int], Awaitable[None]]):
+    def __init__(self, command: tuple[list[str], list[int]], log, on_exit: Callable[[int], Awaitable[None]]):
         self.command, self.pass_fds = command
         self._processes: dict[int, subprocess.Popen] = {}  # the replacements
         self.log = log
@@ -64,15 +62,15 @@ class Workers:
         self._pause = FIRST_PAUSE
         self._pending_start: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._initial = list(pids)
 
     @property
     def pids(self) -> list[int]:
         return list(self._started)
 
-    def watch(self) -> None:
+    def watch(self, pids: list[int]) -> None:
+        """Watch the acceptors the CLI forked."""
         loop = asyncio.get_running_loop()
-        for pid in self._initial:
+        for pid in pids:
             self._watch(pid, loop.time())
 
     def _watch(self, pid: int, started: float) -> None:

@@ -255,8 +255,8 @@ async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly(
         return None
 
     first = subprocess.Popen([sys.executable, "-c", "pass"])
-    pool = Workers([first.pid], ([sys.executable, "-c", "raise SystemExit(2)"], []), Log(), nothing)
-    pool.watch()
+    pool = Workers(([sys.executable, "-c", "raise SystemExit(2)"], []), Log(), nothing)
+    pool.watch([first.pid])
     await asyncio.wait_for(third_exit.wait(), timeout=30)
     pool.terminate()
     await pool.reap(10)
