@@ -16,6 +16,7 @@ import sys
 import time
 
 import aiosmtplib
+import pytest
 
 from conftest import free_port
 from relay.sharing import Shared, bind
@@ -287,14 +288,15 @@ def test_a_replacement_inherits_the_very_sockets_named_on_its_command_line():
             sock.close()
 
 
-def test_workers_cannot_start_on_a_port_in_use(tmp_path):
-    """The shared sockets are bound before the fork: a port in use is one
-    sentence and exit 1, as with one process."""
+@pytest.mark.parametrize("workers", [1, 2])
+def test_workers_cannot_start_on_a_port_in_use(tmp_path, workers):
+    """Every listener is bound by relay.sharing.bind (before the fork with
+    more workers): a port in use is one sentence and exit 1 either way."""
     busy = socket.create_server(("127.0.0.1", 0))
     try:
         port = busy.getsockname()[1]
         config = tmp_path / "c.toml"
-        config.write_text(f'[listen]\nmx = "127.0.0.1:{port}"\nworkers = 2\n'
+        config.write_text(f'[listen]\nmx = "127.0.0.1:{port}"\nworkers = {workers}\n'
                           f'[store]\npath = "{tmp_path / "s.sqlite3"}"\n')
         result = subprocess.run([sys.executable, "-m", "relay", "--config", str(config), "serve"],
                                 capture_output=True, text=True, timeout=60)
