@@ -5,12 +5,18 @@ closing the store commits everything already handed in, then returns."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
+import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 
 from relay.aliases import mint_alias
+from relay.checkpoint import WRITER_AUTOCHECKPOINT_PAGES
 from relay.store import StorageError, Store
 
 
@@ -68,8 +74,6 @@ def test_two_processes_creating_the_store_at_once_both_open_it(tmp_path):
     answers one of them "database is locked" at once, without waiting for
     the busy timeout, when it switches to WAL (seen in about a third of such
     starts: the primary then exited).  Each process must wait its turn."""
-    import os
-
     failures = 0
     for trial in range(15):
         path = str(tmp_path / f"s{trial}.sqlite3")
@@ -87,3 +91,166 @@ def test_two_processes_creating_the_store_at_once_both_open_it(tmp_path):
         for pid in children:
             failures += os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0
     assert failures == 0
+
+
+# ------------------------------------------------- the write turn (relay.storelock)
+
+def _hold_the_turn(store_path: str) -> int:
+    """Take the relay's write turn on `store_path` as another process would
+    (flock locks belong to the open file, so one more open file is enough)."""
+    fd = os.open(f"{store_path}-writer.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+async def test_a_turn_kept_past_the_busy_timeout_is_a_storage_error_then_writes_resume(tmp_path):
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path, busy_timeout=0.3)
+    try:
+        held = _hold_the_turn(path)
+        try:
+            with pytest.raises(StorageError, match="locked"):  # the SMTP layer answers 451
+                await store.optout_add("ann@buyer.test")
+            # The waiting writer never took SQLite's own lock: others could still write.
+            other = sqlite3.connect(path, timeout=0, isolation_level=None)
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("ROLLBACK")
+            other.close()
+        finally:
+            os.close(held)  # releases the turn
+        await store.optout_add("ann@buyer.test")
+        assert await store.is_opted_out("ann@buyer.test")
+    finally:
+        await store.close()
+
+
+async def test_a_process_that_dies_holding_the_turn_leaves_the_store_writable(tmp_path):
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path, busy_timeout=5)
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time\n"
+         f"fd = os.open({path + '-writer.lock'!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+         "print('held', flush=True)\n"
+         "time.sleep(600)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        writing = asyncio.ensure_future(store.optout_add("ann@buyer.test"))
+        holder.kill()
+        holder.wait()
+        await asyncio.wait_for(writing, 10)  # a bound for a hang, not a timing
+        assert await store.is_opted_out("ann@buyer.test")
+    finally:
+        holder.kill()
+        holder.wait()
+        await store.close()
+
+
+async def test_two_writers_on_one_store_take_turns_and_lose_nothing(tmp_path):
+    """Two Store objects on one file, as the worker processes have: each takes
+    the turn with its own open file, so they exclude each other."""
+    path = str(tmp_path / "relay.sqlite3")
+    first, second = await Store.open(path), await Store.open(path)
+    try:
+        for i in range(40):  # both want the turn at once, 40 times over
+            results = await asyncio.gather(first.optout_add(f"first{i}@buyer.test"),
+                                           second.optout_add(f"second{i}@buyer.test"), return_exceptions=True)
+            assert results == [None, None]
+        assert len(await first.optout_list()) == 80
+        assert first.commits == second.commits == 40
+    finally:
+        await first.close()
+        await second.close()
+
+
+# ----------------------------------- delivery outcomes share the next commit
+
+def _optout(address: str):
+    def work(db):
+        db.execute("INSERT INTO optouts (address, created_at) VALUES (?, 'now')", (address,))
+    return work
+
+
+async def test_work_that_can_wait_shares_the_commit_of_the_next_urgent_work(tmp_path):
+    store = await Store.open(str(tmp_path / "relay.sqlite3"))
+    try:
+        await store.optout_add("earlier@buyer.test")  # the writer is now waiting for work, as in a running relay
+        before = store.commits
+        lazy = asyncio.ensure_future(store.transact(_optout("lazy@buyer.test"), can_wait=True))
+        await store.optout_add("urgent@buyer.test")
+        await lazy
+        assert store.commits == before + 1
+        assert await store.is_opted_out("lazy@buyer.test")
+    finally:
+        await store.close()
+
+
+async def test_work_that_can_wait_is_committed_on_its_own_when_nothing_else_comes(tmp_path):
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path)
+    try:
+        before = store.commits
+        await asyncio.wait_for(store.transact(_optout("alone@buyer.test"), can_wait=True), 10)
+        assert store.commits == before + 1
+        waiting = asyncio.ensure_future(store.transact(_optout("at-close@buyer.test"), can_wait=True))
+        await asyncio.sleep(0)  # handed in, then the store closes before its delay is up
+    finally:
+        await store.close()
+    await waiting
+    again = await Store.open(path)
+    try:
+        assert {"alone@buyer.test", "at-close@buyer.test"} <= set(await again.optout_list())
+    finally:
+        await again.close()
+
+
+async def test_delivery_outcomes_are_recorded(tmp_path):
+    store = await Store.open(str(tmp_path / "relay.sqlite3"))
+    try:
+        first = await store.enqueue_notice("", "bob@buyer.test", b"Subject: x\r\n\r\nbody\r\n")
+        second = await store.enqueue_notice("", "ann@buyer.test", b"Subject: y\r\n\r\nbody\r\n")
+        await asyncio.gather(store.mark_delivered(first), store.mark_deferred(second, "451 later", time.time() + 60))
+        states = {entry.id: entry.state for entry in await store.queue_list()}
+        assert states[first] == "delivered" and states[second] == "deferred"
+    finally:
+        await store.close()
+
+
+# ------------------------------------------- WAL checkpoints (relay.checkpoint)
+
+async def test_commits_leave_the_wal_checkpoint_to_the_background(tmp_path):
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path)
+    try:
+        assert await store.transact(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
+            == WRITER_AUTOCHECKPOINT_PAGES
+        six_mib = b"Subject: big\r\n\r\n" + b"x" * (6 << 20)  # 1,500 pages: past SQLite's default of 1,000
+        await store.enqueue_notice("", "bob@buyer.test", six_mib)
+        assert os.path.getsize(path) < (1 << 20)  # the commit did not copy its pages into the file
+        await store.checkpointer.settled()
+        assert store.checkpointer.done >= 1
+        assert os.path.getsize(path) > (6 << 20)  # the background checkpoint did
+    finally:
+        await store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
+async def test_the_turn_file_belongs_to_the_stores_owner_when_root_creates_it(tmp_path):
+    """A CLI command run as root beside the service must not leave a lock
+    file that the service's user cannot open (SQLite does the same for -wal)."""
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path)
+    await store.close()
+    os.unlink(f"{path}-writer.lock")
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o640)
+    store = await Store.open(path)  # as root
+    try:
+        await store.optout_add("ann@buyer.test")
+    finally:
+        await store.close()
+    lock = os.stat(f"{path}-writer.lock")
+    assert (lock.st_uid, lock.st_gid) == (65534, 65534)
+    assert lock.st_mode & 0o777 == 0o640
