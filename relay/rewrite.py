@@ -38,9 +38,10 @@ from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 from relay.chunks import Chunks, Span
 from relay.filters.attachments import declared_kind, sniff
 from relay.filters.base import Attachment, TextPart
+from relay.parsing import ReusingHeaderRegistry
 from relay.smtpdata import crlf_only
 
-OUT_POLICY = policy.SMTP.clone(max_line_length=78, refold_source="all")
+OUT_POLICY = policy.SMTP.clone(max_line_length=78, refold_source="all", header_factory=ReusingHeaderRegistry())
 MAX_LINE = 998  # RFC 5322 section 2.1.1, without the CRLF
 
 # Top-level headers that survive, re-created from cleaned values.  Everything
@@ -267,11 +268,18 @@ def normalised_view(text: str) -> str:
     return view.lower()
 
 
+_LINE_BREAKS = re.compile(r"[\r\n\t\v\f]+")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def clean_header_text(value: str) -> str:
     """Collapse anything that decodes to a line break or control character:
-    a header value we write can never start a new header line."""
-    value = re.sub(r"[\r\n\t\v\f]+", " ", value)
-    return "".join(ch for ch in value if ord(ch) >= 32 and ord(ch) != 127).strip()
+    a header value we write can never start a new header line.  Printable
+    ASCII, nearly every value, is returned at once (a Python step per
+    character here was a tenth of the relay's CPU per message)."""
+    if value.isascii() and value.isprintable():
+        return value.strip()
+    return _CONTROLS.sub("", _LINE_BREAKS.sub(" ", value)).strip()
 
 
 _PLAIN_HEADER_VALUE = re.compile(r"[\x20-\x7e]*")

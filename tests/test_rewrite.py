@@ -308,3 +308,20 @@ def test_set_params_equals_the_stdlib_set_param_path(name, main, params):
         except Exception as exc:  # the same failure (the pipeline makes it a 554) is equal too
             outcomes.append(type(exc))
     assert outcomes[0] == outcomes[1]
+
+
+def _clean_header_text_char_by_char(value: str) -> str:
+    """The definition clean_header_text had before its fast path (a Python step per character)."""
+    value = re.sub(r"[\r\n\t\v\f]+", " ", value)
+    return "".join(ch for ch in value if ord(ch) >= 32 and ord(ch) != 127).strip()
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text(alphabet=st.one_of(st.characters(max_codepoint=0x7f), st.sampled_from(list("\x85\u2028\u00a0é€\U0001f600"))),
+               max_size=40))
+def test_clean_header_text_removes_every_control_character_as_before(value):
+    from relay.rewrite import clean_header_text
+
+    cleaned = clean_header_text(value)
+    assert cleaned == _clean_header_text_char_by_char(value)
+    assert not any(ord(ch) < 32 or ord(ch) == 127 for ch in cleaned)
