@@ -317,8 +317,8 @@ def _clean_header_text_char_by_char(value: str) -> str:
 
 
 @settings(max_examples=1500, deadline=None)
-@given(st.text(alphabet=st.one_of(st.characters(max_codepoint=0x7f), st.sampled_from(list("\x85\u2028\u00a0é€\U0001f600"))),
-               max_size=40))
+@given(st.text(alphabet=st.one_of(st.characters(max_codepoint=0x7f),
+                                  st.sampled_from(list("\x85\u2028\u00a0é€\U0001f600"))), max_size=40))
 def test_clean_header_text_removes_every_control_character_as_before(value):
     from relay.rewrite import clean_header_text
 
