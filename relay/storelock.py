@@ -3,10 +3,11 @@
 With `listen.workers = 2` two processes commit to the same file.  SQLite lets
 one writer in at a time, and the one that finds the file locked calls its busy
 handler, which sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50, then 100 ms
-between tries whatever the other one is doing.  Commits here take well under
-a millisecond, yet under load 30 % of a process's transactions started late,
-by 22 to 34 ms at the 99th percentile and up to 133 ms (bench/run.py, 10 and
-50 sessions): the sleep, not the other writer, was the wait.
+between tries whatever the other one is doing.  A commit here takes about a
+millisecond (median 0.6-0.8 ms), yet under load 30 % of a process's
+transactions started late, by 22 to 34 ms at the 99th percentile and up to
+133 ms (bench/run.py, 10 and 50 sessions): the sleep, not the other writer,
+was the wait.
 
 So each writer first takes an flock on a file beside the store
 (`<store>-writer.lock`) and holds it from BEGIN to COMMIT.  It tries again
@@ -15,9 +16,10 @@ as soon as the other commit ends.  flock is released by the kernel when a
 process dies, so a crash never leaves the store locked; a process that holds
 the turn for longer than `store.busy_timeout` (stopped, or stuck on a disk)
 makes the waiter give up as SQLite would: "database is locked", which the
-SMTP layer answers with 451.  The flock only orders the relay's own writers;
-SQLite's locking still guards the file against every other writer (the CLI,
-sqlite3), and the busy timeout still applies to them.
+SMTP layer answers with 451.  The flock only orders the relay's own writers
+(the CLI's commands too: they open the store the same way); SQLite's locking
+still guards the file against every other writer (sqlite3, a backup), and the
+busy timeout still applies to them.
 """
 
 from __future__ import annotations
