@@ -273,11 +273,23 @@ class Store:
 
     @staticmethod
     def _open_writer(path: str, busy_timeout: float) -> sqlite3.Connection:
+        """The writer connection, with the file set up (WAL, migrations) in a
+        write turn like any commit (relay.storelock).  Two processes creating
+        a new store at once (worker processes on a first start, or a CLI
+        command beside them) thus take turns: while the file was still in
+        rollback-journal mode, SQLite answered one of them "database is
+        locked" at once when it switched to WAL, without waiting for the
+        busy timeout."""
         conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
         try:
             conn.row_factory = sqlite3.Row
-            _configure_writer(conn, busy_timeout)
-            _migrate(conn)
+            turn = WriteTurn(path)  # the file exists once connect() returns
+            try:
+                with turn.held(busy_timeout):
+                    _configure_writer(conn, busy_timeout)
+                    _migrate(conn)
+            finally:
+                turn.close()
         except BaseException:
             conn.close()
             raise
@@ -899,29 +911,12 @@ def _split_sql(script: str) -> list[str]:
 def _configure_writer(conn: sqlite3.Connection, busy_timeout: float) -> None:
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
     conn.execute(f"PRAGMA cache_size = {CACHE_SIZE}")
-    mode = _switch_to_wal(conn, busy_timeout)
+    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
     if mode[0].lower() != "wal":
         raise sqlite3.OperationalError(f"cannot switch {mode[0]} journal to WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute(f"PRAGMA wal_autocheckpoint = {WRITER_AUTOCHECKPOINT_PAGES}")  # relay.checkpoint does it
     conn.execute("PRAGMA foreign_keys = ON")
-
-
-def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> sqlite3.Row:
-    """`PRAGMA journal_mode = WAL`, waiting up to `busy_timeout` for a lock.
-    Two processes creating a new store at once (worker processes on a first
-    start, or a CLI command beside them): while the file is still in
-    rollback-journal mode, SQLite answers one of them "database is locked"
-    at once, without calling the busy handler (it would deadlock waiting),
-    so the wait is done here."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            return conn.execute("PRAGMA journal_mode = WAL").fetchone()
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)  # the other process is creating the file: a few ms
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

@@ -10,7 +10,8 @@ transactions started late, by 22 to 34 ms at the 99th percentile and up to
 was the wait.
 
 So each writer first takes an flock on a file beside the store
-(`<store>-writer.lock`) and holds it from BEGIN to COMMIT.  It tries again
+(`<store>-writer.lock`) and holds it from BEGIN to COMMIT, and while it sets
+a new file up (WAL mode, migrations: relay.store `Store._open_writer`).  It tries again
 after 50 microseconds, doubling up to half a millisecond, so it starts about
 as soon as the other commit ends.  flock is released by the kernel when a
 process dies, so a crash never leaves the store locked; a process that holds
