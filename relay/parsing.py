@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import functools
 import io
+import os
+import re
 from dataclasses import dataclass
 from email.feedparser import NLCRE, FeedParser, headerRE
 from email.headerregistry import HeaderRegistry
@@ -108,6 +110,8 @@ def parse_message(content: bytes) -> EmailMessage:
     """The message as `BytesParser(policy=PARSE_POLICY).parsebytes(content)` parses it."""
     cut = _header_block_cut(content)
     message = _parse_single_part(content, *cut) if cut is not None else None
+    if message is None and len(content) >= SKELETON_MIN:
+        message = _parse_skeleton(content)
     if message is None:
         message = _feed(content, 0, len(content))
     # The rewriter sends unchanged bodies from these octets (relay.rewrite).
@@ -171,11 +175,149 @@ def _parse_single_part(content: bytes, cut: int, body_start: int) -> EmailMessag
 
 @dataclass(frozen=True)
 class BodySource:
-    """Where a single-part message's payload came from: `content[start:]`,
-    decoded to `payload`.  The rewriter sends an unchanged ASCII body
-    straight from these octets (relay.rewrite), so it need not hold an
-    encoded copy of the payload while the outgoing message is joined."""
+    """Where a leaf part's payload came from: `content[start:stop]` (to the
+    end when stop is None), decoded to `payload`.  The rewriter sends an
+    unchanged ASCII body straight from these octets (relay.rewrite), so it
+    need not hold an encoded copy of the payload while the outgoing message
+    is joined."""
 
     payload: str
     content: bytes
     start: int
+    stop: int | None = None
+
+
+# Large multipart messages (a photo or a PDF attached: the common large
+# message) are parsed from a skeleton.  The stdlib's parser keeps every line
+# of a part in a list (1.7 times the part) and joins them, with a Python step
+# per line; here long runs of lines that cannot matter to the structure are
+# replaced by one marker line each, the skeleton is parsed by the stdlib, and
+# each payload holding markers is then decoded from the received octets in one
+# step.
+SKELETON_MIN = 256 * 1024  # messages at least this large
+RUN_MIN = 16 * 1024  # runs shorter than this stay in the skeleton as they are
+# A line is "structural" if the parser may read it as anything but a line of
+# some text: a boundary ("--"), a header field or its continuation (the
+# parser's headerRE: "From ", a blank first, or a colon after printable
+# characters only), or the empty line that ends a header block.  Every other
+# line is "plain".  The header field case is looked for from each colon (a
+# pattern that tries it at every line start costs 7 times as much).
+_STRUCTURAL_START = re.compile(rb"\n(?=[-\t \n]|\r\n|From )")  # (a lookahead: empty lines in a row)
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]*")
+_MARKER = "\x7frelay-run-%s-"  # a plain line: no colon, no "-" or blank first
+
+
+def _parse_skeleton(content: bytes) -> EmailMessage | None:
+    """The parse of `content`, from a skeleton in which every run of plain
+    lines (bar the last line of each run, which the parser may trim) is one
+    marker line.  A marker is a plain line too, so the parser makes every
+    decision about the skeleton that it makes about the content: the same
+    parts, headers, boundaries and defects.  None (parse it whole) for lone
+    CRs (the parser's other line end), for too few runs, and if a marker is
+    found anywhere but in a payload, a preamble or an epilogue that maps
+    back onto the content octet for octet."""
+    if content.count(b"\r") != content.count(b"\r\n"):
+        return None
+    runs = _plain_runs(content)
+    if not runs:
+        return None
+    nonce = os.urandom(8).hex()
+    marker = _MARKER % nonce
+    if marker.encode() in content:
+        return None
+    pieces, pos = [], 0
+    for i, (start, stop) in enumerate(runs):
+        line_end = b"\r\n" if content[stop - 2:stop] == b"\r\n" else b"\n"
+        pieces += (content[pos:start], b"%s%d%s" % (marker.encode(), i, line_end))
+        pos = stop
+    pieces.append(content[pos:])
+    skeleton = b"".join(pieces)
+    del pieces
+    message = _feed(skeleton, 0, len(skeleton))
+    del skeleton
+    if _restore_runs(message, content, runs, marker):
+        return message
+    return None
+
+
+def _plain_runs(content: bytes) -> list[tuple[int, int]]:
+    """(start, stop) of each run of at least RUN_MIN octets of whole plain
+    lines, the last plain line before a structural line (or the end) left
+    out.  The first line and the last line without its LF never count."""
+    runs = []
+    last_end = content.rfind(b"\n") + 1  # after this, a line without its line end
+    starts = [m.start() + 1 for m in _STRUCTURAL_START.finditer(content, 0, last_end)]
+    starts += _field_lines(content, last_end)
+    starts.sort()
+    starts.append(last_end)
+    line_after = content.find(b"\n") + 1  # the first line is never plain: it is a header field
+    for structural in starts:
+        # content[line_after:structural] is plain lines; leave out the last one
+        run_stop = content.rfind(b"\n", line_after, structural - 1) + 1
+        if run_stop - line_after >= RUN_MIN:
+            runs.append((line_after, run_stop))
+        line_after = content.find(b"\n", structural) + 1 or len(content)
+    return runs
+
+
+def _field_lines(content: bytes, stop: int) -> list[int]:
+    """The start of each line before `stop` (the first line apart) that is a
+    colon after printable characters only: a header field to the parser."""
+    found = []
+    colon = content.find(b":", 0, stop)
+    while colon >= 0:
+        line_start = content.rfind(b"\n", 0, colon) + 1
+        if line_start and _FIELD_NAME.fullmatch(content, line_start, colon):
+            found.append(line_start)
+        line_end = content.find(b"\n", colon, stop)
+        if line_end < 0:
+            break
+        colon = content.find(b":", line_end, stop)
+    return found
+
+
+def _restore_runs(message: EmailMessage, content: bytes, runs: list[tuple[int, int]], marker: str) -> bool:
+    """Put the content back where the skeleton's parse has markers; False if a
+    marker is anywhere it cannot be put back."""
+    found = re.compile(re.escape(marker) + r"(\d+)\r?\n")
+    for part in message.walk():
+        if any(marker in value for _, value in part._headers) or any(marker in str(d) for d in part.defects) \
+                or marker in (part.get_unixfrom() or ""):
+            return False
+        for attr in ("_payload", "preamble", "epilogue"):
+            text = getattr(part, attr)
+            if not isinstance(text, str) or marker not in text:
+                continue
+            span = _span_of(text, found, content, runs)
+            if span is None:
+                return False
+            start, stop = span
+            with memoryview(content) as view:
+                restored = str(view[start:stop], "ascii", "surrogateescape")
+            setattr(part, attr, restored)
+            if attr == "_payload":
+                part.body_source = BodySource(restored, content, start, stop)  # type: ignore[attr-defined]
+    return True
+
+
+def _span_of(text: str, found: re.Pattern, content: bytes, runs: list[tuple[int, int]]) -> tuple[int, int] | None:
+    """Where in the content `text` (skeleton text with markers) came from, if
+    everything between its markers is exactly the content between their runs."""
+    start = stop = None
+    pos = 0
+    for match in found.finditer(text):
+        run_start, run_stop = runs[int(match.group(1))]
+        before = text[pos:match.start()].encode("ascii", "surrogateescape")
+        if stop is None:
+            start = run_start - len(before)
+            if start < 0 or content[start:run_start] != before:
+                return None
+        elif content[stop:run_start] != before:
+            return None
+        stop, pos = run_stop, match.end()
+    if stop is None:
+        return None
+    after = text[pos:].encode("ascii", "surrogateescape")
+    if content[stop:stop + len(after)] != after:
+        return None
+    return start, stop + len(after)

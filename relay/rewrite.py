@@ -703,7 +703,7 @@ def _received_span(part: EmailMessage) -> Span | None:
     payload = part._payload
     if source is None or source.payload is not payload or not payload.isascii():
         return None
-    return Span(source.content, source.start)
+    return Span(source.content, source.start, source.stop)
 
 
 def _raw_payload(part: EmailMessage) -> bytes:

@@ -148,3 +148,108 @@ def test_a_header_class_is_made_once_per_kind_not_once_per_header():
     stdlib = BytesParser(policy=policy.default).parsebytes(MESSAGE)
     assert type(ids[0]).__mro__[1:] == type(stdlib["Message-ID"]).__mro__[1:]
     assert len(made) <= len(parsing.PARSE_POLICY.header_factory.registry) + 1
+
+
+# Large messages that are not single-part are parsed from a skeleton (runs of
+# plain lines replaced by marker lines); the result must be the stdlib's parse.
+
+import base64  # noqa: E402
+import os  # noqa: E402
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+from hypothesis import HealthCheck  # noqa: E402
+
+
+@pytest.fixture
+def skeleton_always(monkeypatch):
+    """The skeleton path for every message and every run of two or more plain lines."""
+    monkeypatch.setattr(parsing, "SKELETON_MIN", 0)
+    monkeypatch.setattr(parsing, "RUN_MIN", 1)
+
+
+_PLAIN = st.sampled_from(["Hello", "X" * 78, "a\x85b", "caf\udce9", "=?utf-8?q?x?=", "QUJD+/=",
+                          ">From x", "no colon here", "\x0bvt", ".", "..", "1: not a name", "a b: c"])
+_STRUCT = st.sampled_from(["", "--b1", "--b1--", "--b2", "--b2--", "From x", "Content-Type: text/plain",
+                           "Content-Type: multipart/mixed; boundary=b2", "Content-Type: message/rfc822",
+                           "Content-Type: message/delivery-status", "Content-Transfer-Encoding: base64",
+                           " folded", "\tcontinued", "X-Odd:", "--b1 ", "--", "-x", "Subject: s"])
+
+
+@st.composite
+def _multipart_messages(draw) -> bytes:
+    """Multipart-ish messages with runs of plain lines between structural ones."""
+    end = draw(st.sampled_from(["\r\n", "\n", "\r\n", "\r"]))
+    lines = ["From: <a@b.example>", "Content-Type: " + draw(st.sampled_from(
+        ["multipart/mixed; boundary=b1", "multipart/alternative; boundary=\"b1\"", "multipart/mixed",
+         "message/rfc822", "text/plain", "message/delivery-status"]))]
+    for _ in range(draw(st.integers(0, 14))):
+        if draw(st.booleans()):
+            lines.append(draw(_STRUCT))
+        else:
+            lines += [draw(_PLAIN)] * draw(st.integers(1, 6))
+    text = end.join(lines)
+    if draw(st.booleans()):
+        text += end
+    return text.encode("utf-8", "surrogateescape")
+
+
+# (the fixture sets two constants: nothing to reset between examples)
+@hsettings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_multipart_messages())
+def test_skeleton_parse_equals_the_stdlib_parse(skeleton_always, data):
+    assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
+
+
+@hsettings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(_messages())
+def test_skeleton_parse_equals_the_stdlib_parse_on_any_message(skeleton_always, data):
+    assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
+
+
+def _attachment_message(line_end: bytes = b"\r\n") -> bytes:
+    pdf = b"%PDF-1.4\n" + random.Random(7).randbytes(400_000)
+    encoded = base64.encodebytes(pdf).replace(b"\n", line_end)
+    head = (b"From: <a@b.example>\nSubject: invoice\nMIME-Version: 1.0\n"
+            b"Content-Type: multipart/mixed; boundary=\"b1\"\n\nThis is MIME.\n--b1\n"
+            b"Content-Type: text/plain; charset=utf-8\n\nHello,\nsee the invoice: attached.\n\n"
+            + b"Thanks for the order.\n" * 2000 + b"--b1\nContent-Type: application/pdf; name=a.pdf\n"
+            b"Content-Transfer-Encoding: base64\nContent-Disposition: attachment; filename=a.pdf\n\n")
+    return head.replace(b"\n", line_end) + encoded + b"--b1--".replace(b"\n", line_end) + line_end
+
+
+
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+def test_a_large_attachment_message_is_parsed_from_a_skeleton(line_end):
+    """At the default sizes: the two large bodies come back from the received
+    octets (a BodySource each, for the rewriter), equal to the stdlib's parse."""
+    data = _attachment_message(line_end)
+    message = parsing._parse_skeleton(data)
+    assert message is not None
+    assert _shape(message) == _shape(_stdlib(data))
+    leaves = [p for p in message.walk() if not p.is_multipart()]
+    assert [p.get_content_type() for p in leaves] == ["text/plain", "application/pdf"]
+    for leaf in leaves:
+        source = leaf.body_source
+        assert source.payload is leaf._payload
+        assert data[source.start:source.stop].decode("ascii") == leaf._payload
+    assert leaves[1].get_payload(decode=True) == _stdlib(data).get_payload()[1].get_payload(decode=True)
+
+
+def test_skeleton_falls_back_where_it_cannot_be_sure():
+    data = _attachment_message()
+    # A lone CR is a line end to the parser: the whole message is parsed as it comes.
+    lone_cr = data.replace(b"Hello,\r\n", b"Hello,\r")
+    assert parsing._parse_skeleton(lone_cr) is None
+    assert _shape(parsing.parse_message(lone_cr)) == _shape(_stdlib(lone_cr))
+    # No run long enough to be worth it.
+    assert parsing._parse_skeleton(data[:2000]) is None
+
+
+def test_skeleton_never_mistakes_the_content_for_its_own_markers(monkeypatch):
+    """A message that holds the marker text itself takes the stdlib's path."""
+    monkeypatch.setattr(os, "urandom", lambda n: b"\x01" * n)
+    marker = (parsing._MARKER % ("01" * 8)).encode()
+    data = _attachment_message().replace(b"This is MIME.", marker + b"0")
+    assert parsing._parse_skeleton(data) is None
+    assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
