@@ -27,6 +27,7 @@ import io
 import re
 import secrets
 import urllib.parse
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import timezone
 from email import policy
@@ -36,7 +37,7 @@ from email._encoded_words import decode_b as _decode_b
 from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 
 from relay.chunks import Chunks, Span
-from relay.filters.attachments import declared_kind, sniff
+from relay.filters.attachments import declared_kind, kind_from_head, sniff
 from relay.filters.base import Attachment, TextPart
 from relay.parsing import ReusingHeaderRegistry
 from relay.smtpdata import crlf_only
@@ -219,10 +220,22 @@ class Scrubber:
         """Does a binary blob hold a real address (ASCII or UTF-16), in any
         case?  Searched a lowercased block at a time, not in a lowercase copy
         of the whole blob."""
+        return self.found_in_blocks((data,))
+
+    def found_in_blocks(self, blocks: Iterable[bytes]) -> bool:
+        """`found_in_bytes` of the blocks joined, without joining them: the
+        end of each block is searched again with the start of the next."""
         needles = [form for needle in self._needles for form in (needle, needle.decode().encode("utf-16-le"))]
         if any(not needle for needle in needles):
             return True  # (`b"" in low`, as it always was)
-        return _lowered_holds(data, needles, 0, len(data))
+        overlap = max(map(len, needles), default=1) - 1
+        tail = b""
+        for block in blocks:
+            window = tail + block if tail else block
+            if _lowered_holds(window, needles, 0, len(window)):
+                return True
+            tail = window[-overlap:] if overlap else b""
+        return False
 
 
 @functools.lru_cache(maxsize=4096)
@@ -480,11 +493,15 @@ class _Writer:
         raw = _raw_octets(part)
         cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
         filename = part.get_filename()
+        textual = ctype.startswith("text/") or ctype in TEXTUAL_TYPES
+        if not textual and cte == "base64" and isinstance(raw, Span):
+            streamed = self._streamed_attachment(part, raw, ctype, filename)
+            if streamed is not None:
+                return streamed
         try:
             decoded = decoded_payload(part, raw) or b""
         except Exception:
             decoded = raw
-        textual = ctype.startswith("text/") or ctype in TEXTUAL_TYPES
         if not textual and isinstance(decoded, Span):
             decoded = raw = bytes(decoded)  # an attachment is judged as bytes (relay.filters.attachments)
         if textual or (declared_kind(ctype) is None and sniff(decoded) == "txt"):
@@ -500,6 +517,25 @@ class _Writer:
             # The address is in the encoded bytes but not in what they decode
             # to (junk inside base64): send a clean encoding of the content.
             return self.part_headers(part, new_cte="base64"), [base64.encodebytes(decoded)]
+        return self.part_headers(part), self._as_received(part, raw)
+
+    def _streamed_attachment(self, part: EmailMessage, raw: Span, ctype: str,
+                             filename: str | None) -> tuple[list[bytes], list] | None:
+        """A large base64 attachment whose first octets decide its kind (a
+        PDF, a JPEG, a PNG...; not a ZIP or OLE2 file, which is judged by what
+        is inside) is decoded a block at a time: its size counted, every block
+        searched for the parties' addresses, and only its first octets kept
+        for the filters.  So the decoded file is never held whole next to the
+        received message and its parsed text (bench/bench_large.py).  None,
+        for the whole decoding that `_leaf` does, for anything else: not
+        strict base64, a kind the first octets do not decide, or an address
+        found (which the whole path refuses or cleans)."""
+        tally = _Tally()
+        if self.scrubber.found_in_blocks(tally.count(_strict_base64_blocks(raw))) or not tally.usable() \
+                or self.scrubber.found_in_bytes(raw):
+            return None
+        self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype, tally.head,
+                                           size=tally.size))
         return self.part_headers(part), self._as_received(part, raw)
 
     def _text_leaf(self, part: EmailMessage, ctype: str, raw: bytes, cte: str, decoded: bytes,
@@ -607,16 +643,27 @@ def decoded_payload(part: EmailMessage, raw: bytes) -> bytes | None:
 BASE64_BLOCK = 1 << 16
 
 
-def _strict_base64(raw: bytes) -> bytes | None:
+def _strict_base64(raw: bytes | Span) -> bytes | None:
     """What the stdlib's `decode_b(raw without CR and LF)` gives when that is
     valid strict base64 of a length divisible by 4 (then with no defect):
     decoded a block at a time into one buffer, without a copy of the whole
-    input.  None for anything else, which the caller leaves to the stdlib.
-    Blocks are cut at multiples of 4 characters and only the last may hold
-    "=": each then decodes alone as it does within the whole."""
-    if (len(raw) - raw.count(b"\r") - raw.count(b"\n")) % 4:
-        return None
+    input.  None for anything else, which the caller leaves to the stdlib."""
     out = io.BytesIO()
+    for block in _strict_base64_blocks(raw):
+        if block is None:
+            return None
+        out.write(block)
+    return out.getvalue()
+
+
+def _strict_base64_blocks(raw: bytes | Span) -> Iterator[bytes | None]:
+    """The blocks of `_strict_base64(raw)`, decoded one at a time; a None
+    block (then no more) if raw is not strict base64 after all.  Blocks are
+    cut at multiples of 4 characters and only the last may hold "=": each
+    then decodes alone as it does within the whole."""
+    if (len(raw) - raw.count(b"\r") - raw.count(b"\n")) % 4:
+        yield None
+        return
     carry = b""
     for start in range(0, len(raw), BASE64_BLOCK):
         block = carry + raw[start:start + BASE64_BLOCK].translate(None, b"\r\n")
@@ -624,12 +671,48 @@ def _strict_base64(raw: bytes) -> bytes | None:
         cut = len(block) if last else len(block) - len(block) % 4
         block, carry = block[:cut], block[cut:]
         if not last and b"=" in block:
-            return None
+            yield None
+            return
         try:
-            out.write(binascii.a2b_base64(block, strict_mode=True))
+            yield binascii.a2b_base64(block, strict_mode=True)
         except binascii.Error:
-            return None
-    return out.getvalue()
+            yield None
+            return
+
+
+# The first octets of a streamed attachment kept for the filters (its kind
+# needs at most 8 of them: relay.filters.attachments.kind_from_head).
+HEAD_KEPT = 4096
+
+
+class _Tally:
+    """What `_streamed_attachment` learns of a decoded attachment as its
+    blocks go by: the first octets, the size, and whether the stream ran to
+    its end as strict base64 with a kind its first octets decide."""
+
+    def __init__(self):
+        self.head = b""
+        self.size = 0
+        self.complete = False
+        self.decided = False
+
+    def count(self, blocks: Iterator[bytes | None]) -> Iterator[bytes]:
+        """The blocks, tallied; stops early at a None or an undecided kind."""
+        for block in blocks:
+            if block is None:
+                return
+            self.size += len(block)
+            if len(self.head) < HEAD_KEPT:
+                self.head += block[:HEAD_KEPT - len(self.head)]
+            if not self.decided and len(self.head) >= 8:
+                if kind_from_head(self.head) is None:
+                    return
+                self.decided = True
+            yield block
+        self.complete = True
+
+    def usable(self) -> bool:
+        return self.complete and self.decided
 
 
 def _payload_as_text(part: EmailMessage, raw: bytes, decoded: bytes, charset: str) -> str | None:

@@ -104,9 +104,9 @@ def sniff(data: bytes) -> str:
         return "doc" if _WORD_STREAM in data else "OLE2 container"
     if data.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
         return _zip_kind(data)
-    for magic, kind in _MAGIC:
-        if data.startswith(magic):
-            return kind
+    kind = kind_from_head(data)
+    if kind is not None:
+        return kind
     if len(data) > 262 and data[257:262] == b"ustar":
         return "archive"
     if b"\x00" in data:
@@ -116,6 +116,21 @@ def sniff(data: bytes) -> str:
         return "txt"
     except UnicodeDecodeError:
         return "binary" if _CONTROL.search(data) else "txt"
+
+
+def kind_from_head(head: bytes) -> str | None:
+    """The kind named by the file's first octets (at most 8 are read) when
+    they alone decide what `sniff` says of any file that starts with them:
+    a PDF, JPEG, PNG or GIF, an executable, an archive other than ZIP.  None
+    for the rest (ZIP and OLE2 files are judged by what is inside them, text
+    by every octet).  The rewriter keeps only the first octets of such a
+    large attachment (relay.rewrite)."""
+    if head.startswith(_OLE2) or head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
+        return None
+    for magic, kind in _MAGIC:
+        if head.startswith(magic):
+            return kind
+    return None
 
 
 def extension_kind(filename: str | None) -> str | None:
@@ -171,7 +186,7 @@ class AttachmentTooLarge:
 
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
         findings: list[Finding] = []
-        total = sum(len(a.data) for a in view.attachments)
+        total = sum(a.size for a in view.attachments)
         limit = self.settings.attachment_max_bytes
         if total > limit:
             findings.append(Finding(

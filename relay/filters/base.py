@@ -52,10 +52,18 @@ class Attachment:
     location: str
     filename: str | None
     content_type: str
+    # The decoded file; of a large file whose first octets alone decide its kind (a PDF,
+    # a JPEG...: relay.filters.attachments.kind_from_head), only those first octets
+    # (relay.rewrite streams the rest).  `size` is always the whole file's.
     data: bytes
     # A text file's decoded text (what the rewriter rewrote as text, and the content rules
     # read: a .txt file, an HTML page, ...); None for other files.
     text: str | None = None
+    size: int = -1  # the decoded size; -1: len(data)
+
+    def __post_init__(self):
+        if self.size < 0:
+            object.__setattr__(self, "size", len(self.data))
 
 
 @dataclass(frozen=True)
