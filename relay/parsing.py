@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import functools
 import io
+import itertools
 import os
 import re
 from dataclasses import dataclass
@@ -196,6 +197,11 @@ class BodySource:
 # step.
 SKELETON_MIN = 256 * 1024  # messages at least this large
 RUN_MIN = 16 * 1024  # runs shorter than this stay in the skeleton as they are
+# More than one structural line (below) per this many octets on average: the
+# whole message goes to the stdlib's parser.  It bounds the Python steps of
+# the scan (a message of nothing but "a:" lines would take one per line) and
+# such a message has few runs worth replacing anyway.
+STRUCTURAL_SPACING = 256
 # A line is "structural" if the parser may read it as anything but a line of
 # some text: a boundary ("--"), a header field or its continuation (the
 # parser's headerRE: "From ", a blank first, or a colon after printable
@@ -244,10 +250,14 @@ def _plain_runs(content: bytes) -> list[tuple[int, int]]:
     """(start, stop) of each run of at least RUN_MIN octets of whole plain
     lines, the last plain line before a structural line (or the end) left
     out.  The first line and the last line without its LF never count."""
-    runs = []
+    runs: list[tuple[int, int]] = []
+    budget = len(content) // STRUCTURAL_SPACING
     last_end = content.rfind(b"\n") + 1  # after this, a line without its line end
-    starts = [m.start() + 1 for m in _STRUCTURAL_START.finditer(content, 0, last_end)]
-    starts += _field_lines(content, last_end)
+    starts = [m.start() + 1 for m in itertools.islice(_STRUCTURAL_START.finditer(content, 0, last_end), budget + 1)]
+    fields = _field_lines(content, last_end, budget - len(starts))
+    if fields is None:
+        return runs  # structural lines too close together for runs worth the trouble
+    starts += fields
     starts.sort()
     starts.append(last_end)
     line_after = content.find(b"\n") + 1  # the first line is never plain: it is a header field
@@ -260,14 +270,17 @@ def _plain_runs(content: bytes) -> list[tuple[int, int]]:
     return runs
 
 
-def _field_lines(content: bytes, stop: int) -> list[int]:
+def _field_lines(content: bytes, stop: int, budget: int) -> list[int] | None:
     """The start of each line before `stop` (the first line apart) that is a
-    colon after printable characters only: a header field to the parser."""
-    found = []
+    colon after printable characters only: a header field to the parser.
+    None if there are more than `budget`."""
+    found: list[int] = []
     colon = content.find(b":", 0, stop)
     while colon >= 0:
         line_start = content.rfind(b"\n", 0, colon) + 1
         if line_start and _FIELD_NAME.fullmatch(content, line_start, colon):
+            if len(found) >= budget:
+                return None
             found.append(line_start)
         line_end = content.find(b"\n", colon, stop)
         if line_end < 0:
