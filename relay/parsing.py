@@ -229,12 +229,13 @@ def _parse_skeleton(content: bytes) -> EmailMessage | None:
         return None
     nonce = os.urandom(8).hex()
     marker = _MARKER % nonce
-    if marker.encode() in content:
+    marker_octets = marker.encode()
+    if marker_octets in content:
         return None
     pieces, pos = [], 0
     for i, (start, stop) in enumerate(runs):
         line_end = b"\r\n" if content[stop - 2:stop] == b"\r\n" else b"\n"
-        pieces += (content[pos:start], b"%s%d%s" % (marker.encode(), i, line_end))
+        pieces += (content[pos:start], b"%s%d%s" % (marker_octets, i, line_end))
         pos = stop
     pieces.append(content[pos:])
     skeleton = b"".join(pieces)

@@ -531,7 +531,7 @@ class _Writer:
         strict base64, a kind the first octets do not decide, or an address
         found (which the whole path refuses or cleans)."""
         tally = _Tally()
-        if self.scrubber.found_in_blocks(tally.count(_strict_base64_blocks(raw))) or not tally.usable() \
+        if self.scrubber.found_in_blocks(tally.count(_strict_base64_blocks(raw))) or not tally.usable \
                 or self.scrubber.found_in_bytes(raw):
             return None
         self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype, tally.head,
@@ -688,31 +688,24 @@ HEAD_KEPT = 4096
 class _Tally:
     """What `_streamed_attachment` learns of a decoded attachment as its
     blocks go by: the first octets, the size, and whether the stream ran to
-    its end as strict base64 with a kind its first octets decide."""
+    its end as strict base64 with a kind that its first block decides (a
+    block is tens of KiB; the kind needs 8 octets)."""
 
     def __init__(self):
         self.head = b""
         self.size = 0
-        self.complete = False
-        self.decided = False
+        self.usable = False
 
     def count(self, blocks: Iterator[bytes | None]) -> Iterator[bytes]:
         """The blocks, tallied; stops early at a None or an undecided kind."""
         for block in blocks:
-            if block is None:
+            if block is None or (not self.size and kind_from_head(block) is None):
                 return
-            self.size += len(block)
             if len(self.head) < HEAD_KEPT:
                 self.head += block[:HEAD_KEPT - len(self.head)]
-            if not self.decided and len(self.head) >= 8:
-                if kind_from_head(self.head) is None:
-                    return
-                self.decided = True
+            self.size += len(block)
             yield block
-        self.complete = True
-
-    def usable(self) -> bool:
-        return self.complete and self.decided
+        self.usable = self.size > 0
 
 
 def _payload_as_text(part: EmailMessage, raw: bytes, decoded: bytes, charset: str) -> str | None:

@@ -36,7 +36,7 @@ import aiosqlite
 
 from relay.checkpoint import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
 from relay.chunks import Chunks, buffers
-from relay.storelock import WriteTurn
+from relay.storelock import WriteTurn, turn_at
 
 T = TypeVar("T")
 
@@ -283,13 +283,9 @@ class Store:
         conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
         try:
             conn.row_factory = sqlite3.Row
-            turn = WriteTurn(path)  # the file exists once connect() returns
-            try:
-                with turn.held(busy_timeout):
-                    _configure_writer(conn, busy_timeout)
-                    _migrate(conn)
-            finally:
-                turn.close()
+            with turn_at(path, busy_timeout):  # (the file exists once connect() returns)
+                _configure_writer(conn, busy_timeout)
+                _migrate(conn)
         except BaseException:
             conn.close()
             raise
@@ -860,8 +856,8 @@ def release_all_claims(path: str, busy_timeout: float = 10.0) -> int:
         return 0
     conn = Store._open_writer(path, busy_timeout)
     try:
-        return conn.execute(
-            f"UPDATE queue SET {_UNCLAIM} WHERE claimed_until > 0").rowcount
+        with turn_at(path, busy_timeout):  # a writer like any other (relay.storelock)
+            return conn.execute(f"UPDATE queue SET {_UNCLAIM} WHERE claimed_until > 0").rowcount
     finally:
         conn.close()
 

@@ -11,7 +11,8 @@ was the wait.
 
 So each writer first takes an flock on a file beside the store
 (`<store>-writer.lock`) and holds it from BEGIN to COMMIT, and while it sets
-a new file up (WAL mode, migrations: relay.store `Store._open_writer`).  It tries again
+a new file up (WAL mode, migrations: relay.store `Store._open_writer`) or
+releases the delivery claims at start-up (`release_all_claims`): `turn_at`.  It tries again
 after 50 microseconds, doubling up to half a millisecond, so it starts about
 as soon as the other commit ends.  flock is released by the kernel when a
 process dies, so a crash never leaves the store locked; a process that holds
@@ -78,3 +79,16 @@ class WriteTurn:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+@contextlib.contextmanager
+def turn_at(store_path: str, timeout: float) -> Iterator[None]:
+    """The write turn for one `with` block, its lock file open only as long:
+    for a writer that does one thing (the store's set-up, the start-up
+    release of delivery claims) rather than commit batches."""
+    turn = WriteTurn(store_path)
+    try:
+        with turn.held(timeout):
+            yield
+    finally:
+        turn.close()

@@ -5,6 +5,7 @@ closing the store commits everything already handed in, then returns."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -17,7 +18,17 @@ import pytest
 
 from relay.aliases import mint_alias
 from relay.checkpoint import WRITER_AUTOCHECKPOINT_PAGES
-from relay.store import StorageError, Store
+from relay.store import StorageError, Store, release_all_claims
+
+
+@contextlib.asynccontextmanager
+async def _opened(path, **options):
+    """The store at `path`, closed when the block ends however it ends."""
+    store = await Store.open(str(path), **options)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def test_close_commits_what_was_handed_in_and_returns(tmp_path):
@@ -42,16 +53,12 @@ async def test_close_commits_what_was_handed_in_and_returns(tmp_path):
     with pytest.raises(StorageError):
         await store.optout_add("late@buyer.test")
 
-    again = await Store.open(path)
-    try:
+    async with _opened(path) as again:
         assert len(await again.optout_list()) == 51
-    finally:
-        await again.close()
 
 
 async def test_a_failing_transaction_does_not_fail_its_batch(tmp_path):
-    store = await Store.open(str(tmp_path / "relay.sqlite3"))
-    try:
+    async with _opened(tmp_path / "relay.sqlite3") as store:
         await store.add_seller("s1", "Shop", ["sam@shop.example"])
         await store.add_seller("s2", "Other", ["olga@other.example"])
         await store.open_order("o1", "s1", "bob@buyer.test", None, mint_alias)
@@ -64,8 +71,6 @@ async def test_a_failing_transaction_does_not_fail_its_batch(tmp_path):
         assert results[0].id == "o2" and results[2] is None
         assert (await store.get_order("o1")).seller_id == "s1"
         assert await store.is_opted_out("ann@buyer.test")
-    finally:
-        await store.close()
 
 
 def test_two_processes_creating_the_store_at_once_both_open_it(tmp_path):
@@ -105,8 +110,7 @@ def _hold_the_turn(store_path: str) -> int:
 
 async def test_a_turn_kept_past_the_busy_timeout_is_a_storage_error_then_writes_resume(tmp_path):
     path = str(tmp_path / "relay.sqlite3")
-    store = await Store.open(path, busy_timeout=0.3)
-    try:
+    async with _opened(path, busy_timeout=0.3) as store:
         held = _hold_the_turn(path)
         try:
             with pytest.raises(StorageError, match="locked"):  # the SMTP layer answers 451
@@ -120,49 +124,67 @@ async def test_a_turn_kept_past_the_busy_timeout_is_a_storage_error_then_writes_
             os.close(held)  # releases the turn
         await store.optout_add("ann@buyer.test")
         assert await store.is_opted_out("ann@buyer.test")
+
+
+async def test_the_start_up_release_of_claims_takes_the_turn_like_any_writer(tmp_path, monkeypatch):
+    """Its UPDATE is a write like any commit: another relay process that took
+    the turn after the store's set-up makes it wait (and here give up)."""
+    path = str(tmp_path / "relay.sqlite3")
+    async with _opened(path) as store:
+        await store.enqueue_notice("", "bob@buyer.test", b"Subject: x\r\n\r\nbody\r\n")
+        assert len(await store.queue_claim("old.owner", time.time())) == 1
+    set_up, holders = Store._open_writer, []
+
+    def set_up_then_another_process_takes_the_turn(path, busy_timeout):
+        conn = set_up(path, busy_timeout)
+        holders.append(_hold_the_turn(path))
+        return conn
+
+    monkeypatch.setattr(Store, "_open_writer", staticmethod(set_up_then_another_process_takes_the_turn))
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            release_all_claims(path, busy_timeout=0.3)
     finally:
-        await store.close()
+        monkeypatch.undo()
+        for fd in holders:
+            os.close(fd)
+    assert release_all_claims(path, busy_timeout=0.3) == 1
 
 
 async def test_a_process_that_dies_holding_the_turn_leaves_the_store_writable(tmp_path):
     path = str(tmp_path / "relay.sqlite3")
-    store = await Store.open(path, busy_timeout=5)
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl, os, sys, time\n"
-         f"fd = os.open({path + '-writer.lock'!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
-         "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-         "print('held', flush=True)\n"
-         "time.sleep(600)\n"],
-        stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        writing = asyncio.ensure_future(store.optout_add("ann@buyer.test"))
-        holder.kill()
-        holder.wait()
-        await asyncio.wait_for(writing, 10)  # a bound for a hang, not a timing
-        assert await store.is_opted_out("ann@buyer.test")
-    finally:
-        holder.kill()
-        holder.wait()
-        await store.close()
+    async with _opened(path, busy_timeout=5) as store:
+        holder = subprocess.Popen(
+            [sys.executable, "-c",
+             "import fcntl, os, sys, time\n"
+             f"fd = os.open({path + '-writer.lock'!r}, os.O_RDWR | os.O_CREAT, 0o600)\n"
+             "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+             "print('held', flush=True)\n"
+             "time.sleep(600)\n"],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            writing = asyncio.ensure_future(store.optout_add("ann@buyer.test"))
+            holder.kill()
+            holder.wait()
+            await asyncio.wait_for(writing, 10)  # a bound for a hang, not a timing
+            assert await store.is_opted_out("ann@buyer.test")
+        finally:
+            holder.kill()
+            holder.wait()
 
 
 async def test_two_writers_on_one_store_take_turns_and_lose_nothing(tmp_path):
     """Two Store objects on one file, as the worker processes have: each takes
     the turn with its own open file, so they exclude each other."""
     path = str(tmp_path / "relay.sqlite3")
-    first, second = await Store.open(path), await Store.open(path)
-    try:
+    async with _opened(path) as first, _opened(path) as second:
         for i in range(40):  # both want the turn at once, 40 times over
             results = await asyncio.gather(first.optout_add(f"first{i}@buyer.test"),
                                            second.optout_add(f"second{i}@buyer.test"), return_exceptions=True)
             assert results == [None, None]
         assert len(await first.optout_list()) == 80
         assert first.commits == second.commits == 40
-    finally:
-        await first.close()
-        await second.close()
 
 
 # ----------------------------------- delivery outcomes share the next commit
@@ -174,8 +196,7 @@ def _optout(address: str):
 
 
 async def test_work_that_can_wait_shares_the_commit_of_the_next_urgent_work(tmp_path):
-    store = await Store.open(str(tmp_path / "relay.sqlite3"))
-    try:
+    async with _opened(tmp_path / "relay.sqlite3") as store:
         await store.optout_add("earlier@buyer.test")  # the writer is now waiting for work, as in a running relay
         before = store.commits
         lazy = asyncio.ensure_future(store.transact(_optout("lazy@buyer.test"), can_wait=True))
@@ -183,47 +204,35 @@ async def test_work_that_can_wait_shares_the_commit_of_the_next_urgent_work(tmp_
         await lazy
         assert store.commits == before + 1
         assert await store.is_opted_out("lazy@buyer.test")
-    finally:
-        await store.close()
 
 
 async def test_work_that_can_wait_is_committed_on_its_own_when_nothing_else_comes(tmp_path):
     path = str(tmp_path / "relay.sqlite3")
-    store = await Store.open(path)
-    try:
+    async with _opened(path) as store:
         before = store.commits
         await asyncio.wait_for(store.transact(_optout("alone@buyer.test"), can_wait=True), 10)
         assert store.commits == before + 1
         waiting = asyncio.ensure_future(store.transact(_optout("at-close@buyer.test"), can_wait=True))
         await asyncio.sleep(0)  # handed in, then the store closes before its delay is up
-    finally:
-        await store.close()
     await waiting
-    again = await Store.open(path)
-    try:
+    async with _opened(path) as again:
         assert {"alone@buyer.test", "at-close@buyer.test"} <= set(await again.optout_list())
-    finally:
-        await again.close()
 
 
 async def test_delivery_outcomes_are_recorded(tmp_path):
-    store = await Store.open(str(tmp_path / "relay.sqlite3"))
-    try:
+    async with _opened(tmp_path / "relay.sqlite3") as store:
         first = await store.enqueue_notice("", "bob@buyer.test", b"Subject: x\r\n\r\nbody\r\n")
         second = await store.enqueue_notice("", "ann@buyer.test", b"Subject: y\r\n\r\nbody\r\n")
         await asyncio.gather(store.mark_delivered(first), store.mark_deferred(second, "451 later", time.time() + 60))
         states = {entry.id: entry.state for entry in await store.queue_list()}
         assert states[first] == "delivered" and states[second] == "deferred"
-    finally:
-        await store.close()
 
 
 # ------------------------------------------- WAL checkpoints (relay.checkpoint)
 
 async def test_commits_leave_the_wal_checkpoint_to_the_background(tmp_path):
     path = str(tmp_path / "relay.sqlite3")
-    store = await Store.open(path)
-    try:
+    async with _opened(path) as store:
         assert await store.transact(lambda db: db.execute("PRAGMA wal_autocheckpoint").fetchone()[0]) \
             == WRITER_AUTOCHECKPOINT_PAGES
         six_mib = b"Subject: big\r\n\r\n" + b"x" * (6 << 20)  # 1,500 pages: past SQLite's default of 1,000
@@ -232,8 +241,6 @@ async def test_commits_leave_the_wal_checkpoint_to_the_background(tmp_path):
         await store.checkpointer.settled()
         assert store.checkpointer.done >= 1
         assert os.path.getsize(path) > (6 << 20)  # the background checkpoint did
-    finally:
-        await store.close()
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to own files as another user")
@@ -241,16 +248,13 @@ async def test_the_turn_file_belongs_to_the_stores_owner_when_root_creates_it(tm
     """A CLI command run as root beside the service must not leave a lock
     file that the service's user cannot open (SQLite does the same for -wal)."""
     path = str(tmp_path / "relay.sqlite3")
-    store = await Store.open(path)
-    await store.close()
+    async with _opened(path):
+        pass
     os.unlink(f"{path}-writer.lock")
     os.chown(path, 65534, 65534)
     os.chmod(path, 0o640)
-    store = await Store.open(path)  # as root
-    try:
+    async with _opened(path) as store:  # as root
         await store.optout_add("ann@buyer.test")
-    finally:
-        await store.close()
     lock = os.stat(f"{path}-writer.lock")
     assert (lock.st_uid, lock.st_gid) == (65534, 65534)
     assert lock.st_mode & 0o777 == 0o640
