@@ -388,29 +388,24 @@ class Store:
             return self._commit_in_turn(works)
 
     def _commit_in_turn(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[Any, Exception | None]]:
+        """Every item runs straight in the batch's transaction.  Should one
+        fail (a refusal: ITEM_FAILURES), the whole transaction is rolled back
+        and the batch runs again with each item inside its own SAVEPOINT, so
+        that only the failed one's writes are undone.  Items almost never
+        fail, and the two savepoint statements an item took were as many as
+        its own inserts (every statement also lets go of the GIL and takes
+        it back from the event loop)."""
         db = self._writer
-        outcomes: list[tuple[Any, Exception | None]] = []
         try:
             db.execute("BEGIN IMMEDIATE")
-            isolate = len(works) > 1  # a batch of one needs no savepoint: its failure is the batch's
-            for work in works:
-                if isolate:
-                    db.execute("SAVEPOINT item")
-                try:
-                    result = work(db)
-                except (sqlite3.IntegrityError, ValueError, NotFound) as exc:
-                    if isolate:
-                        db.execute("ROLLBACK TO item")
-                        db.execute("RELEASE item")
-                    outcomes.append((None, exc))
-                else:
-                    if isolate:
-                        db.execute("RELEASE item")
-                    outcomes.append((result, None))
-            if not isolate and outcomes[0][1] is not None:
-                db.execute("ROLLBACK")  # nothing of a failed item is kept
-            else:
-                db.execute("COMMIT")
+            outcomes, failure = _run_together(db, works)
+            if failure is not None:
+                db.execute("ROLLBACK")
+                if len(works) == 1:  # nothing else to keep: the item's failure is the batch's outcome
+                    return [(None, failure)]
+                db.execute("BEGIN IMMEDIATE")
+                outcomes = _run_isolated(db, works)
+            db.execute("COMMIT")
         except BaseException:
             try:
                 if db.in_transaction:
@@ -836,6 +831,43 @@ def _insert_audit(db: sqlite3.Connection, r: AuditRecord) -> int:
     for name, data in large.items():
         _write_blob(db, "audit", name, cur.lastrowid, data)
     return cur.lastrowid
+
+
+# What one transaction's work may raise without failing the rest of its batch:
+# a refusal of that item (a constraint, an order opened for another party, an
+# unknown id), not a failure of the store.
+ITEM_FAILURES = (sqlite3.IntegrityError, ValueError, NotFound)
+
+
+def _run_together(db: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) \
+        -> tuple[list[tuple[Any, Exception | None]], Exception | None]:
+    """Each item's (result, None) in one open transaction, and the refusal
+    that stopped the run, if one did (the caller then rolls everything back)."""
+    outcomes: list[tuple[Any, Exception | None]] = []
+    for work in works:
+        try:
+            outcomes.append((work(db), None))
+        except ITEM_FAILURES as exc:
+            return outcomes, exc
+    return outcomes, None
+
+
+def _run_isolated(db: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) \
+        -> list[tuple[Any, Exception | None]]:
+    """Each item in its own savepoint: a failed one's writes are undone, the
+    others' kept."""
+    outcomes: list[tuple[Any, Exception | None]] = []
+    for work in works:
+        db.execute("SAVEPOINT item")
+        try:
+            result = work(db)
+        except ITEM_FAILURES as exc:
+            db.execute("ROLLBACK TO item")
+            outcomes.append((None, exc))
+        else:
+            outcomes.append((result, None))
+        db.execute("RELEASE item")
+    return outcomes
 
 
 def _due_query(now: float, limit: int, exclude: Iterable[int]) -> tuple[str, tuple]:

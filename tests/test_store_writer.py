@@ -73,6 +73,36 @@ async def test_a_failing_transaction_does_not_fail_its_batch(tmp_path):
         assert await store.is_opted_out("ann@buyer.test")
 
 
+
+async def test_an_item_that_wrote_then_failed_leaves_nothing_and_its_neighbours_are_kept(tmp_path):
+    """The batch runs without savepoints until an item fails; then it is
+    rolled back and run again item by item, so the failed item's first
+    insert must not survive while the items before and after it commit."""
+    async with _opened(tmp_path / "relay.sqlite3") as store:
+        started, release = threading.Event(), threading.Event()
+
+        def hold(db):  # keeps the writer busy so that the next three share one batch
+            started.set()
+            release.wait(5)
+
+        def half_then_duplicate(db):
+            db.execute("INSERT INTO optouts (address, created_at) VALUES ('half@buyer.test', 'now')")
+            db.execute("INSERT INTO optouts (address, created_at) VALUES ('before@buyer.test', 'now')")
+
+        first = asyncio.ensure_future(store.transact(hold))
+        await asyncio.to_thread(started.wait, 5)
+        batch = [asyncio.ensure_future(store.optout_add("before@buyer.test")),
+                 asyncio.ensure_future(store.transact(half_then_duplicate)),
+                 asyncio.ensure_future(store.optout_add("after@buyer.test"))]
+        await asyncio.sleep(0)  # all three handed in while the writer holds the first batch
+        release.set()
+        await first
+        results = await asyncio.gather(*batch, return_exceptions=True)
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], sqlite3.IntegrityError)
+        assert await store.optout_list() == ["after@buyer.test", "before@buyer.test"]
+        assert store.commits == 2  # the three did share one batch
+
 def test_two_processes_creating_the_store_at_once_both_open_it(tmp_path):
     """listen.workers = 2 on a first start: both processes create the store
     together.  While the new file is still in rollback-journal mode, SQLite
