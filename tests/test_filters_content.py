@@ -182,6 +182,30 @@ def test_phone_not_found(text):
     assert fragments(PHONE, plain(text)) == []
 
 
+
+@pytest.mark.parametrize("text", [
+    "we still have sizes 38 40 42 in black",
+    "EU sizes 36 38 40 44, US 6 8 10",
+    "the set holds 24 36 48 pieces",
+    "rooms 12 14 16 are booked",
+])
+def test_numbers_without_a_trunk_prefix_are_no_phone_numbers(text):
+    """libphonenumber reads "38 40 42" as a valid German number (+49 384042): German,
+    British and French numbers are written with their trunk prefix 0 (or +49 ...), so
+    one without it is at most a local number, and only a phone word makes it one."""
+    assert fragments(PHONE, plain(text)) == []
+
+
+@pytest.mark.parametrize("text", [
+    "Tel. 38 40 42",
+    "Anruf unter 38 40 42",
+    "415 555 2671",  # US numbers have no trunk prefix 0: found without a phone word
+    "030 1234567",
+    "07700 900123",
+])
+def test_numbers_without_a_trunk_prefix_after_a_phone_word_still_are(text):
+    assert fragments(PHONE, plain(text))
+
 def test_phone_tel_link():
     assert fragments(PHONE, html('<a href="tel:+33612345678">call</a>')) == ["tel:+33612345678"]
 

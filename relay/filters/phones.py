@@ -11,9 +11,13 @@ it would still take for a phone number is removed first, or refused after:
   2024-03-0457), prices with a currency ($1,234.56, 12,50 €, EUR 45), UPS tracking
   (1Z...), long digit runs (USPS 9400 1000 0000 ..., 14+ digits);
 - refused after matching: a number right after a reference word (order, invoice,
-  tracking, SKU, serial, n°, #, commande, facture, suivi, colis, ...), and a bare
+  tracking, SKU, serial, n°, #, commande, facture, suivi, colis, ...); a bare
   run of digits without separators that neither starts with a trunk prefix (0)
-  nor follows a phone word (call, phone, tel, WhatsApp, appelez, portable, ...).
+  nor follows a phone word (call, phone, tel, WhatsApp, appelez, portable, ...);
+  and, unless a phone word comes before it, a number without its trunk prefix
+  that only regions whose numbers are written with one (GB, FR, DE: 0) would
+  take: "sizes 38 40 42" is a valid German number, +49 384042, to libphonenumber,
+  but a German writes 038 40 42 or +49 38 40 42.
 
 Also flagged: tel:/sms:/callto: links in HTML, and numbers spelled out as nine or
 more digit words ("zero seven seven zero zero nine...", "zéro six un deux...").
@@ -278,7 +282,7 @@ def _phone_spans(folded: str, regions: tuple[str, ...]) -> list[tuple[int, int]]
         shift = wins[k][0] - starts[k]  # compact offset + shift = offset in folded
         lo, hi = max(0, cand.start() - 1), min(len(masked), cand.end() + 1)
         for start, end in _match_window(masked[lo:hi], regions, cand.group(0).startswith("+")):
-            if _plausible(folded, lo + shift + start, lo + shift + end):
+            if _plausible(folded, lo + shift + start, lo + shift + end, regions):
                 spans.append((lo + shift + start, lo + shift + end))
     return spans
 
@@ -293,16 +297,37 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
-def _plausible(text: str, start: int, end: int) -> bool:
+def _plausible(text: str, start: int, end: int, regions: tuple[str, ...]) -> bool:
     raw = text[start:end]
     line_start = text.rfind("\n", 0, start) + 1
     before = text[max(line_start, start - 40):start]
     international = raw.startswith("+") or raw.startswith("00")
-    if not international and _REFERENCE_BEFORE.search(before):
+    if international:
+        return True
+    if _REFERENCE_BEFORE.search(before):
         return False
-    if raw.isdigit() and not international:
+    if raw.isdigit():
         return raw.startswith("0") or bool(_PHONE_WORDS.search(before))
-    return True
+    if raw.lstrip("( ").startswith("0") or _valid_as_written(raw, regions):
+        return True
+    return bool(_PHONE_WORDS.search(before))
+
+
+def _valid_as_written(raw: str, regions: tuple[str, ...]) -> bool:
+    """Is `raw` a valid number of a region whose national numbers are written without
+    a trunk prefix 0 (US: none needed; IT: the 0 is part of the number)?  Asked only
+    of the few matches that reach it, so nothing is cached (the text of a message
+    is not kept past it)."""
+    for region in regions:
+        metadata = phonenumbers.PhoneMetadata.metadata_for_region(region)
+        if metadata is None or metadata.national_prefix == "0":
+            continue
+        try:
+            if phonenumbers.is_valid_number(phonenumbers.parse(raw, region)):
+                return True
+        except phonenumbers.NumberParseException:
+            continue
+    return False
 
 
 _DIGIT_WORDS = frozenset(w.encode() for w in _SPELLED_GATE + ("oh", "un"))
