@@ -255,6 +255,8 @@ def _plain_runs(content: bytes) -> list[tuple[int, int]]:
     budget = len(content) // STRUCTURAL_SPACING
     last_end = content.rfind(b"\n") + 1  # after this, a line without its line end
     starts = [m.start() + 1 for m in itertools.islice(_STRUCTURAL_START.finditer(content, 0, last_end), budget + 1)]
+    if len(starts) > budget:
+        return runs  # the scan stopped at the budget: the lines after it were never looked at
     fields = _field_lines(content, last_end, budget - len(starts))
     if fields is None:
         return runs  # structural lines too close together for runs worth the trouble

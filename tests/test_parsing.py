@@ -253,3 +253,15 @@ def test_skeleton_never_mistakes_the_content_for_its_own_markers(monkeypatch):
     data = _attachment_message().replace(b"This is MIME.", marker + b"0")
     assert parsing._parse_skeleton(data) is None
     assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
+
+
+def test_more_structural_lines_than_the_budget_send_the_message_to_the_stdlib_whole():
+    """More lines that may matter to the structure than the scan's budget
+    (one per STRUCTURAL_SPACING octets): the message is parsed whole.  The
+    scan stopped at the budget and built runs over the lines it had not
+    looked at (Hypothesis found it with whitespace continuation lines)."""
+    data = (b"From: <a@b.example>\r\n" + b"\t\r\n" * 3000 + b"-\r\n" * 3000
+            + b"Thanks for the order and see you soon.\r\n" * 8000)
+    assert len(data) >= parsing.SKELETON_MIN
+    assert parsing._plain_runs(data) == []
+    assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
