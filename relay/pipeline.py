@@ -9,6 +9,7 @@ returns an SMTP reply string; the SMTP layer only passes it on.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import secrets
 import time
@@ -19,6 +20,7 @@ from email.errors import (CloseBoundaryNotFoundDefect, InvalidMultipartContentTr
                           MultipartInvariantViolationDefect, StartBoundaryNotFoundDefect,
                           UndecodableBytesDefect)
 
+from relay.aliascache import AliasCache
 from relay.aliases import AddressError, looks_like_alias, normalize_address, split_address
 from relay.chunks import Chunks
 from relay.config import Settings
@@ -31,7 +33,7 @@ from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Th
                            header_text, message_ids_in, new_message_id, rewrite_message)
 from relay.sender_auth import AuthResult, ClientInfo, SenderAuth
 from relay.smtpdata import crlf_only
-from relay.store import AuditRecord, Order, QueueEntry, Seller, StorageError, Store, utc_now_iso
+from relay.store import AuditRecord, Order, QueueEntry, Seller, StaleParties, StorageError, Store, utc_now_iso
 
 
 # Replies that must not differ between "unknown", "expired" and "malformed"
@@ -47,6 +49,7 @@ OFF_LOOP_SIZE = 256 * 1024
 STORAGE_TROUBLE = "451 4.3.0 Temporary storage trouble, please try again later"
 STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 BOUNCE_PREFIX = "bounces-"
+STALE_ATTEMPTS = 3  # judgements of one message on parties that changed before its commit, before a 451
 ACCEPTED = "250 2.0.0 OK: message {audit_id} queued"
 AUTO_REPLY_LOOP = ("550 5.7.1 [auto_reply] Only one automatic reply per conversation is relayed each day "
                    "(RFC 3834); this one was not delivered.")
@@ -64,15 +67,23 @@ class Recipient:
     role: str | None = None  # the alias belongs to the "buyer" or the "seller"
     seller: Seller | None = None
     bounce_entry: QueueEntry | None = None
+    parties_version: int | None = None  # of the alias lookup (relay.aliascache); the commit checks it
+    # An authenticated seller's other addresses, for this transaction only
+    # (server.RelayHandler._as_authenticated_seller): kept when the alias is read again.
+    extra_senders: tuple[str, ...] = ()
 
     @property
     def direction(self) -> str:
         return SELLER_TO_BUYER if self.role == "buyer" else BUYER_TO_SELLER
 
+    def seller_addresses(self) -> tuple[str, ...]:
+        assert self.seller is not None
+        return self.seller.emails + self.extra_senders
+
     def authorized_senders(self) -> tuple[str, ...]:
         assert self.order is not None and self.seller is not None
         if self.role == "buyer":  # the seller writes to the buyer alias
-            return self.seller.emails
+            return self.seller_addresses()
         return (self.order.buyer_address,)
 
 
@@ -116,6 +127,7 @@ class Pipeline:
     def __init__(self, settings: Settings, store: Store, on_queued=None, claim_owner: str | None = None):
         self.settings = settings
         self.store = store
+        self.aliases = AliasCache(store)
         self.chain = Chain(settings.filters)
         self.sender_auth = SenderAuth(settings.sender_auth)
         # Told of every queue entry committed: (entry, bytes) for a relayed
@@ -153,11 +165,20 @@ class Pipeline:
                 return None, UNKNOWN_ALIAS
             return Recipient("bounce", f"{local_l}@{domain}", bounce_entry=entry), "250 2.1.5 OK"
         # Always do the same lookup work, whatever the shape of the local part.
-        found = await self.store.find_alias(local_l if looks_like_alias(local_l) else "\x00" + local_l[:64])
+        found = await self.aliases.find(local_l if looks_like_alias(local_l) else "\x00" + local_l[:64])
         if found is None:
             return None, UNKNOWN_ALIAS
-        order, role, seller = found
-        return Recipient("alias", f"{local_l}@{domain}", order, role, seller), "250 2.1.5 OK"
+        return Recipient("alias", f"{local_l}@{domain}", found.order, found.role, found.seller,
+                         parties_version=found.parties_version), "250 2.1.5 OK"
+
+    async def _read_again(self, recipient: Recipient) -> Recipient | None:
+        """The alias as the store has it now (None if it is gone)."""
+        local = recipient.address.partition("@")[0]
+        found = await self.aliases.find(local if looks_like_alias(local) else "\x00" + local[:64], fresh=True)
+        if found is None:
+            return None
+        return dataclasses.replace(recipient, order=found.order, role=found.role, seller=found.seller,
+                                   parties_version=found.parties_version)
 
     def sender_is_authorized(self, recipient: Recipient, mail_from: str) -> bool:
         try:
@@ -165,6 +186,17 @@ class Pipeline:
         except AddressError:
             return False
         return sender in recipient.authorized_senders()
+
+    async def authorized_at_rcpt(self, recipient: Recipient, mail_from: str) -> tuple[Recipient, bool]:
+        """May the envelope sender write to this alias?  A refusal is only
+        decided on the parties as the store has them now, never on a
+        remembered lookup (relay.aliascache)."""
+        if self.sender_is_authorized(recipient, mail_from):
+            return recipient, True
+        current = await self._read_again(recipient)
+        if current is None:
+            return recipient, False
+        return current, self.sender_is_authorized(current, mail_from)
 
     async def refuse_at_rcpt(self, recipient: Recipient, mail_from: str) -> str:
         """Audit a refusal of a known alias (the contract: it is an exchange)."""
@@ -193,7 +225,7 @@ class Pipeline:
             return await self._bounce_received(mail_from, recipient, content)
         started = time.perf_counter()
         try:
-            outcome = await self._exchange(mail_from, recipient, content, dry_run, client)
+            outcome = await self._exchange_on_current_parties(mail_from, recipient, content, dry_run, client)
         except StorageError as exc:
             self.log.warning("message.deferred_by_storage", order=recipient.order.id, full=exc.full)
             return Outcome(storage_reply(exc), "deferred")
@@ -209,6 +241,22 @@ class Pipeline:
                       reasons=[f.code for f in outcome.findings], critical=outcome.critical,
                       seconds=round(time.perf_counter() - started, 4), dry_run=dry_run)
         return outcome
+
+    async def _exchange_on_current_parties(self, mail_from: str, recipient: Recipient, content: bytes,
+                                           dry_run: bool, client: ClientInfo | None) -> Outcome:
+        """The exchange, judged again on a fresh read of the alias should its
+        commit find that the sellers or orders changed after the lookup it
+        was judged on (relay.aliascache).  After STALE_ATTEMPTS such changes
+        in a row, a 451: the sender's server tries again later."""
+        for _ in range(STALE_ATTEMPTS):
+            try:
+                return await self._exchange(mail_from, recipient, content, dry_run, client)
+            except StaleParties:
+                current = await self._read_again(recipient)
+                if current is None:
+                    return Outcome(UNKNOWN_ALIAS, "rejected", direction=recipient.direction)
+                recipient = current
+        raise StorageError("the sellers or orders kept changing while the message was judged")
 
     async def _exchange(self, mail_from: str, recipient: Recipient, content: bytes, dry_run: bool,
                         client: ClientInfo | None = None) -> Outcome:
@@ -337,7 +385,7 @@ class Pipeline:
             record, relay_id, original_ids[0] if original_ids else None,
             mail_from=f"{BOUNCE_PREFIX}{token}@{self.settings.relay.domain}", rcpt_to=rcpt_to,
             bounce_token=token, notify=_normalized_or_none(mail_from), notify_alias=recipient.address,
-            claim_owner=self.claim_owner)
+            claim_owner=self.claim_owner, parties_version=recipient.parties_version)
         self.on_queued(entry, result.data)
         return Outcome(ACCEPTED.format(audit_id=audit_id), "accepted", audit_id, list(verdict.findings),
                        critical, result.data)
@@ -355,7 +403,7 @@ class Pipeline:
             direction=recipient.direction, sender=mail_from, recipient=recipient.address, verdict="rejected",
             reasons=reasons, findings=[_finding_dict(f) for f in findings], critical=critical, subject=subject,
             inbound=content)
-        audit_id = await self.store.record_rejection(record)
+        audit_id = await self.store.record_rejection(record, parties_version=recipient.parties_version)
         return Outcome(reply, "rejected", audit_id, findings, critical)
 
     def _parties(self, recipient: Recipient) -> Parties:
@@ -365,7 +413,7 @@ class Pipeline:
         buyer_alias = f"{order.buyer_alias}@{domain}"
         seller_alias = f"{order.seller_alias}@{domain}"
         if recipient.role == "buyer":  # seller writes to the buyer
-            return Parties(seller.emails, seller_alias, seller.name, (order.buyer_address,), buyer_alias,
+            return Parties(recipient.seller_addresses(), seller_alias, seller.name, (order.buyer_address,), buyer_alias,
                            self.settings.relay.hostname)
         return Parties((order.buyer_address,), buyer_alias, order.buyer_name or "Buyer", seller.emails,
                        seller_alias, self.settings.relay.hostname)

@@ -618,10 +618,12 @@ class RelayHandler:
                 reply = await self.pipeline.refuse_at_rcpt(recipient, envelope.mail_from or "")
                 self._count_refusal(_reason_for_reply(reply))
                 return reply
-        elif recipient.kind == "alias" and not self.pipeline.sender_is_authorized(recipient, envelope.mail_from or ""):
-            reply = await self.pipeline.refuse_at_rcpt(recipient, envelope.mail_from or "")
-            self._count_refusal(_reason_for_reply(reply))
-            return reply
+        elif recipient.kind == "alias":
+            recipient, authorized = await self.pipeline.authorized_at_rcpt(recipient, envelope.mail_from or "")
+            if not authorized:
+                reply = await self.pipeline.refuse_at_rcpt(recipient, envelope.mail_from or "")
+                self._count_refusal(_reason_for_reply(reply))
+                return reply
         envelope.relay_recipient = recipient  # type: ignore[attr-defined]
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
@@ -694,13 +696,13 @@ class RelayHandler:
                 address = normalize_address(candidate)
             except AddressError:
                 continue
-            if address in seller.emails or address in extra or address == order.buyer_address \
+            if address in recipient.seller_addresses() or address in extra or address == order.buyer_address \
                     or split_address(address)[1] in own_domains:
                 continue
             extra.append(address)
         if not extra:
             return recipient
-        return dataclasses.replace(recipient, seller=dataclasses.replace(seller, emails=seller.emails + tuple(extra)))
+        return dataclasses.replace(recipient, extra_senders=recipient.extra_senders + tuple(extra))
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, StorageError):

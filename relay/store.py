@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, NamedTuple, TypeVar
 
 import aiosqlite
 
@@ -149,6 +149,22 @@ MIGRATIONS: list[str] = [
     ALTER TABLE queue ADD COLUMN claimed_by TEXT;
     ALTER TABLE queue ADD COLUMN claimed_until REAL NOT NULL DEFAULT 0;
     """,
+    # 4: a counter of changes to what an alias lookup returns (relay.aliascache):
+    # a seller's name or addresses, an order's buyer name.  New orders and new
+    # sellers change no existing alias, so they leave it alone.  Triggers, so
+    # that a change made by any program (the CLI, sqlite3) counts.
+    """
+    CREATE TABLE parties_version (
+        only INTEGER PRIMARY KEY CHECK (only = 1),
+        version INTEGER NOT NULL
+    );
+    INSERT INTO parties_version (only, version) VALUES (1, 0);
+    """ + "".join(
+        f"CREATE TRIGGER {table}_{event.lower()} AFTER {event} ON {table} "
+        "BEGIN UPDATE parties_version SET version = version + 1; END;\n"
+        for table, events in (("sellers", ("UPDATE", "DELETE")), ("seller_emails", ("INSERT", "UPDATE", "DELETE")),
+                              ("orders", ("UPDATE", "DELETE")))
+        for event in events),
 ]
 
 
@@ -162,6 +178,20 @@ class StorageError(Exception):
 
 class NotFound(Exception):
     pass
+
+
+class StaleParties(Exception):
+    """The sellers or orders changed after the alias lookup a decision was
+    made on (relay.aliascache): nothing was written; look the alias up again
+    and decide again."""
+
+
+class AliasMatch(NamedTuple):
+    """What an alias names, and the parties' version it was read at."""
+    order: Order
+    role: str  # "buyer" | "seller": whose alias it is
+    seller: Seller
+    parties_version: int
 
 
 @dataclass(frozen=True)
@@ -240,6 +270,9 @@ class Store:
         self._busy_timeout = busy_timeout
         self.checkpointer = Checkpointer(path)  # the WAL is copied back beside the commits, not in one
         self.commits = 0  # transactions committed (each batch is one), for tests and benchmarks
+        # The newest parties' version this process has read (relay.aliascache),
+        # and a monotonic time at or before the snapshot it was read in.
+        self.parties_seen: tuple[int, float] = (-1, float("-inf"))
         self._reader = reader
         self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]] = []
         self._wake = asyncio.Event()  # a commit is wanted now
@@ -362,7 +395,9 @@ class Store:
         loop = asyncio.get_running_loop()
         works = [work for work, _ in batch]
         try:
-            outcomes = await asyncio.shield(loop.run_in_executor(self._writer_thread, self._commit_batch, works))
+            started = time.monotonic()
+            outcomes, parties_version = await asyncio.shield(
+                loop.run_in_executor(self._writer_thread, self._commit_batch, works))
         except BaseException as exc:  # the whole batch failed: nobody gets a 250
             error = _storage_error(exc) if isinstance(exc, (sqlite3.Error, OSError)) else exc
             for _, future in batch:
@@ -373,6 +408,7 @@ class Store:
             return
         self.commits += 1
         self.checkpointer.committed()
+        self._saw_parties(parties_version, started)
         for (_, future), (result, error) in zip(batch, outcomes):
             if future.done():
                 continue
@@ -381,13 +417,17 @@ class Store:
             else:
                 future.set_exception(error)
 
-    def _commit_batch(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[Any, Exception | None]]:
+    def _commit_batch(self, works: list[Callable[[sqlite3.Connection], Any]]) \
+            -> tuple[list[tuple[Any, Exception | None]], int]:
         """One transaction for the whole batch, in the writer thread; raises
-        if the batch as a whole could not be committed."""
+        if the batch as a whole could not be committed.  Also returns the
+        parties' version the batch saw, which keeps alias lookups cached in
+        memory known to be current while the relay is busy (relay.aliascache)."""
         with self._turn.held(self._busy_timeout):
             return self._commit_in_turn(works)
 
-    def _commit_in_turn(self, works: list[Callable[[sqlite3.Connection], Any]]) -> list[tuple[Any, Exception | None]]:
+    def _commit_in_turn(self, works: list[Callable[[sqlite3.Connection], Any]]) \
+            -> tuple[list[tuple[Any, Exception | None]], int]:
         """Every item runs straight in the batch's transaction.  Should one
         fail (a refusal: ITEM_FAILURES), the whole transaction is rolled back
         and the batch runs again with each item inside its own SAVEPOINT, so
@@ -398,14 +438,18 @@ class Store:
         db = self._writer
         try:
             db.execute("BEGIN IMMEDIATE")
+            version_before = _parties_version(db)
             outcomes, failure = _run_together(db, works)
             if failure is not None:
                 db.execute("ROLLBACK")
                 if len(works) == 1:  # nothing else to keep: the item's failure is the batch's outcome
-                    return [(None, failure)]
+                    return [(None, failure)], version_before
                 db.execute("BEGIN IMMEDIATE")
                 outcomes = _run_isolated(db, works)
+            parties_version = _parties_version(db)
             db.execute("COMMIT")
+            if parties_version != version_before:  # this batch changed a seller or an order
+                self._turn.note_parties_version(parties_version)
         except BaseException:
             try:
                 if db.in_transaction:
@@ -413,7 +457,18 @@ class Store:
             except Exception:
                 pass
             raise
-        return outcomes
+        return outcomes, parties_version
+
+    def parties_version_noted(self) -> int:
+        """The parties' version the newest change by a relay process made
+        (relay.storelock); a change made by another program is not in it."""
+        return self._turn.parties_version_noted()
+
+    def _saw_parties(self, version: int, at: float) -> None:
+        """Keep the newest observation: the version only ever grows."""
+        seen, seen_at = self.parties_seen
+        if version > seen or (version == seen and at > seen_at):
+            self.parties_seen = (version, at)
 
     async def _read(self, sql: str, params: Any = ()) -> list[sqlite3.Row]:
         try:
@@ -510,13 +565,16 @@ class Store:
         row = await self._read_one("SELECT * FROM orders WHERE id = ?", (order_id,))
         return _order(row) if row else None
 
-    async def find_alias(self, local: str) -> tuple[Order, str, Seller] | None:
-        """Exact lookup of an alias local part: (order, "buyer" | "seller",
-        the order's seller), in one query (it runs for every RCPT)."""
+    async def find_alias(self, local: str) -> AliasMatch | None:
+        """Exact lookup of an alias local part: the order, whose alias it is,
+        the order's seller and the parties' version read with them, in one
+        query (relay.aliascache answers most RCPTs without it)."""
+        started = time.monotonic()
         row = await self._read_one(
             "SELECT o.*, s.name AS seller_name, "
             "(SELECT group_concat(address, ' ') FROM (SELECT address FROM seller_emails "
-            " WHERE seller_id = o.seller_id ORDER BY position)) AS seller_emails "
+            " WHERE seller_id = o.seller_id ORDER BY position)) AS seller_emails, "
+            "(SELECT version FROM parties_version) AS parties_version "
             "FROM (SELECT *, 'buyer' AS role FROM orders WHERE buyer_alias = ? "
             "      UNION ALL SELECT *, 'seller' AS role FROM orders WHERE seller_alias = ?) AS o "
             "JOIN sellers s ON s.id = o.seller_id",
@@ -525,7 +583,9 @@ class Store:
         if row is None:
             return None
         emails = tuple((row["seller_emails"] or "").split())
-        return _order(row), row["role"], Seller(row["seller_id"], row["seller_name"], emails)
+        self._saw_parties(row["parties_version"], started)
+        return AliasMatch(_order(row), row["role"], Seller(row["seller_id"], row["seller_name"], emails),
+                          row["parties_version"])
 
     # -------------------------------------------------------------- opt-outs
 
@@ -593,8 +653,11 @@ class Store:
 
     # ------------------------------------------------------ audit and queue
 
-    async def record_rejection(self, record: AuditRecord) -> int:
+    async def record_rejection(self, record: AuditRecord, parties_version: int | None = None) -> int:
+        """With `parties_version` (that of the alias lookup the refusal was
+        decided on), StaleParties if the parties changed since."""
         def work(db: sqlite3.Connection) -> int:
+            _confirm_parties(db, parties_version)
             return _insert_audit(db, record)
 
         return await self.transact(work)
@@ -602,16 +665,20 @@ class Store:
     async def accept_message(self, record: AuditRecord, relay_id: str, original_id: str | None,
                              mail_from: str, rcpt_to: str, bounce_token: str, notify: str | None,
                              notify_alias: str | None, kind: str = "relay",
-                             claim_owner: str | None = None) -> tuple[int, QueueEntry]:
+                             claim_owner: str | None = None,
+                             parties_version: int | None = None) -> tuple[int, QueueEntry]:
         """Commit audit row + Message-ID mapping + queue entry together.
 
         Returns (audit id, the queue entry) once durable; only then may the
         SMTP layer answer 250.  With `claim_owner` the entry is committed
         already claimed by that deliverer, which sends it from memory: no
-        other process's queue scan takes it while the claim lasts.
+        other process's queue scan takes it while the claim lasts.  With
+        `parties_version`, StaleParties (and nothing written) if the sellers
+        or orders changed after the alias lookup the message was judged on.
         """
 
         def work(db: sqlite3.Connection) -> tuple[int, QueueEntry]:
+            _confirm_parties(db, parties_version)
             audit_id = _insert_audit(db, record)
             if record.order_id is not None:
                 db.execute(
@@ -836,7 +903,18 @@ def _insert_audit(db: sqlite3.Connection, r: AuditRecord) -> int:
 # What one transaction's work may raise without failing the rest of its batch:
 # a refusal of that item (a constraint, an order opened for another party, an
 # unknown id), not a failure of the store.
-ITEM_FAILURES = (sqlite3.IntegrityError, ValueError, NotFound)
+ITEM_FAILURES = (sqlite3.IntegrityError, ValueError, NotFound, StaleParties)
+
+
+def _parties_version(db: sqlite3.Connection) -> int:
+    return db.execute("SELECT version FROM parties_version").fetchone()[0]
+
+
+def _confirm_parties(db: sqlite3.Connection, version: int | None) -> None:
+    """In the transaction that records a decision: the parties it was made
+    on are still the parties (StaleParties if not)."""
+    if version is not None and _parties_version(db) != version:
+        raise StaleParties(f"the sellers or orders changed after version {version}")
 
 
 def _run_together(db: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) \
@@ -933,7 +1011,16 @@ def _audit_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 
 def _split_sql(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """The script's statements; a trigger's body keeps its own semicolons."""
+    statements: list[str] = []
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def _configure_writer(conn: sqlite3.Connection, busy_timeout: float) -> None:

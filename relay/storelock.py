@@ -22,6 +22,13 @@ SMTP layer answers with 451.  The flock only orders the relay's own writers
 (the CLI's commands too: they open the store the same way); SQLite's locking
 still guards the file against every other writer (sqlite3, a backup), and the
 busy timeout still applies to them.
+
+The lock file also carries one number: the parties' version (relay.store,
+relay.aliascache), written by the writer whose commit changed it, after the
+COMMIT and before the turn is let go.  Every relay process reads it before it
+answers a RCPT from memory, so a change made with the CLI reaches the next
+RCPT of every worker (a read of 8 octets, where asking the store would be a
+trip to its reader thread).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import struct
 import time
 from typing import Iterator
 
@@ -74,6 +82,15 @@ class WriteTurn:
                         "database is locked (another relay process kept its write turn)") from None
                 time.sleep(pause)
                 pause = min(pause * 2, LONGEST_PAUSE)
+
+    def note_parties_version(self, version: int) -> None:
+        """Tell every relay process the parties' version a commit made (in the turn)."""
+        os.pwrite(self._fd, struct.pack("<Q", version), 0)
+
+    def parties_version_noted(self) -> int:
+        """The newest parties' version a relay process committed (0 if none yet)."""
+        data = os.pread(self._fd, 8, 0)
+        return struct.unpack("<Q", data)[0] if len(data) == 8 else 0
 
     def close(self) -> None:
         if self._fd >= 0:
