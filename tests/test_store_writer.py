@@ -18,7 +18,7 @@ import pytest
 
 from relay.aliases import mint_alias
 from relay.checkpoint import WRITER_AUTOCHECKPOINT_PAGES
-from relay.store import StorageError, Store, release_all_claims
+from relay.store import LAZY_COMMIT_DELAY, StorageError, Store, release_all_claims
 
 
 @contextlib.asynccontextmanager
@@ -234,6 +234,49 @@ async def test_work_that_can_wait_shares_the_commit_of_the_next_urgent_work(tmp_
         await lazy
         assert store.commits == before + 1
         assert await store.is_opted_out("lazy@buyer.test")
+
+
+async def test_work_handed_in_while_another_process_holds_the_turn_shares_one_commit(tmp_path):
+    """The writer takes what is pending once it holds the write turn, not
+    before: what arrived while the other worker process committed goes out
+    in the same commit (it used to wait for the next one, with its own fsync)."""
+    path = str(tmp_path / "relay.sqlite3")
+    async with _opened(path) as store:
+        await store.optout_add("earlier@buyer.test")
+        before = store.commits
+        held = _hold_the_turn(path)
+        try:
+            first = asyncio.ensure_future(store.optout_add("first@buyer.test"))
+            for _ in range(3):
+                await asyncio.sleep(0)  # the writer is handed the work and waits for the turn
+            later = [asyncio.ensure_future(store.optout_add(f"later{i}@buyer.test")) for i in range(2)]
+            await asyncio.sleep(0)
+        finally:
+            os.close(held)
+        await asyncio.gather(first, *later)
+        assert store.commits == before + 1
+        assert len(await store.optout_list()) == 4
+
+
+async def test_work_that_can_wait_goes_out_after_its_delay_when_a_batch_took_the_work_before_it(tmp_path):
+    """A delay that ends after its work already went out (taken by a batch
+    that was waiting for the turn) does not keep the next waiting work from
+    being given a delay of its own."""
+    path = str(tmp_path / "relay.sqlite3")
+    async with _opened(path) as store:
+        held = _hold_the_turn(path)
+        try:
+            urgent = asyncio.ensure_future(store.optout_add("urgent@buyer.test"))
+            for _ in range(3):
+                await asyncio.sleep(0)
+            waiting = asyncio.ensure_future(store.transact(_optout("first@buyer.test"), can_wait=True))
+            await asyncio.sleep(0)
+        finally:
+            os.close(held)
+        await asyncio.gather(urgent, waiting)
+        await asyncio.sleep(LAZY_COMMIT_DELAY * 4)  # the first delay ends with nothing left to commit
+        await asyncio.wait_for(store.transact(_optout("second@buyer.test"), can_wait=True), 5)
+        assert len(await store.optout_list()) == 3
 
 
 async def test_work_that_can_wait_is_committed_on_its_own_when_nothing_else_comes(tmp_path):
