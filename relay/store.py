@@ -916,9 +916,6 @@ def _insert_audit(db: sqlite3.Connection, r: AuditRecord) -> int:
     return cur.lastrowid
 
 
-# What one transaction's work may raise without failing the rest of its batch:
-# a refusal of that item (a constraint, an order opened for another party, an
-# unknown id), not a failure of the store.
 def _drain(pending: collections.deque) -> list:
     """Everything in `pending` now, oldest first (another thread may append meanwhile)."""
     taken = []
@@ -929,6 +926,9 @@ def _drain(pending: collections.deque) -> list:
             return taken
 
 
+# What one transaction's work may raise without failing the rest of its batch:
+# a refusal of that item (a constraint, an order opened for another party, an
+# unknown id), not a failure of the store.
 ITEM_FAILURES = (sqlite3.IntegrityError, ValueError, NotFound, StaleParties)
 
 
