@@ -590,7 +590,7 @@ class Store:
             "SELECT o.*, s.name AS seller_name, "
             "(SELECT group_concat(address, ' ') FROM (SELECT address FROM seller_emails "
             " WHERE seller_id = o.seller_id ORDER BY position)) AS seller_emails, "
-            "(SELECT version FROM parties_version) AS parties_version "
+            "COALESCE((SELECT version FROM parties_version), 0) AS parties_version "
             "FROM (SELECT *, 'buyer' AS role FROM orders WHERE buyer_alias = ? "
             "      UNION ALL SELECT *, 'seller' AS role FROM orders WHERE seller_alias = ?) AS o "
             "JOIN sellers s ON s.id = o.seller_id",
@@ -933,7 +933,8 @@ ITEM_FAILURES = (sqlite3.IntegrityError, ValueError, NotFound, StaleParties)
 
 
 def _parties_version(db: sqlite3.Connection) -> int:
-    return db.execute("SELECT version FROM parties_version").fetchone()[0]
+    row = db.execute("SELECT version FROM parties_version").fetchone()
+    return row[0] if row is not None else 0  # (its row deleted by hand: no commit fails over it)
 
 
 def _confirm_parties(db: sqlite3.Connection, version: int | None) -> None:

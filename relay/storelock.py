@@ -89,6 +89,8 @@ class WriteTurn:
 
     def parties_version_noted(self) -> int:
         """The newest parties' version a relay process committed (0 if none yet)."""
+        if self._fd < 0:
+            return 0  # closed: the store answers nothing any more
         data = os.pread(self._fd, 8, 0)
         return struct.unpack("<Q", data)[0] if len(data) == 8 else 0
 

@@ -243,3 +243,36 @@ async def test_a_renamed_buyer_is_named_so_in_the_next_message(scenario, sink):
     names = sorted(message_from_bytes(m.data, policy=policy.default)["From"].addresses[0].display_name
                    for m in delivered)
     assert names == ["Bob Buyer", "Robert Buyer"]
+
+
+async def test_with_two_workers_a_removed_address_is_refused_at_every_next_rcpt(relay_factory):
+    """Both worker processes remember the alias (RCPTs spread over them);
+    after `relay seller add` drops the address, every RCPT from it is refused."""
+    from conftest import free_port
+
+    relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2}})
+    relay.add_seller("s1", "Shop", ["sam@shop.example", "orders@shop.example"])
+    buyer_alias = relay.open_order("o1", "s1", BUYER)["buyer_alias"]
+
+    def rcpt_codes(n: int) -> list[int]:
+        codes = []
+        for _ in range(n):
+            with smtplib.SMTP(*relay.mx, timeout=30) as client:
+                client.ehlo("shop.example")
+                client.mail("orders@shop.example")
+                codes.append(client.rcpt(buyer_alias)[0])
+        return codes
+
+    assert rcpt_codes(12) == [250] * 12
+    relay.add_seller("s1", "Shop", ["sam@shop.example"])
+    assert rcpt_codes(12) == [550] * 12
+
+
+async def test_a_store_whose_version_row_was_deleted_by_hand_still_takes_mail(parties):
+    pipeline, _, seller_alias, _ = parties
+    with sqlite3.connect(pipeline.store.path) as db:
+        db.execute("DELETE FROM parties_version")
+    recipient, reply = await pipeline.resolve_recipient(seller_alias)
+    assert reply.startswith("250") and recipient.parties_version == 0
+    outcome = await pipeline.process(BUYER, recipient, buyer_message(seller_alias).encode())
+    assert outcome.verdict == "accepted", outcome.reply
