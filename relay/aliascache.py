@@ -25,8 +25,11 @@ StaleParties (writing nothing) if the parties changed in between; the
 pipeline then looks the alias up again and judges the message again.  A
 refusal at RCPT is only ever made on a fresh read (`fresh`).
 
-Unknown aliases are not remembered: a new order's aliases work at once, and
-a client guessing aliases cannot fill the memory.  At most MAX_ENTRIES
+Unknown aliases are not remembered: a new order's aliases work at once, a
+client guessing aliases cannot fill the memory, and every local part that
+names no alias still costs the same store lookup (THREATS #33: the same
+reply and the same work for whatever is not an alias; a known alias is told
+apart by its 250 anyway).  At most MAX_ENTRIES
 answers are kept, the least recently used dropped first.
 """
 
