@@ -5,6 +5,7 @@ by the commit, which judges the message again on the parties as they are."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import smtplib
@@ -276,3 +277,60 @@ async def test_a_store_whose_version_row_was_deleted_by_hand_still_takes_mail(pa
     assert reply.startswith("250") and recipient.parties_version == 0
     outcome = await pipeline.process(BUYER, recipient, buyer_message(seller_alias).encode())
     assert outcome.verdict == "accepted", outcome.reply
+
+
+async def test_while_another_program_keeps_changing_the_seller_every_message_goes_to_the_first_address_of_its_commit(
+        parties):
+    """A second store connection (the CLI) switches the seller's first
+    address back and forth while buyer messages are judged, each switch
+    committed with a marker row, at the time a message starts.  Every
+    accepted message's queue entry names the first address of the latest
+    switch before its own commit: no message is delivered on parties older
+    than its commit."""
+    pipeline, cli, seller_alias, _ = parties
+    message_started = asyncio.Event()
+    stop = False
+
+    async def switch_back_and_forth() -> None:
+        n = 0
+        while True:
+            await message_started.wait()
+            message_started.clear()
+            if stop:
+                return
+            first = ("a@shop.example", "b@shop.example")[n % 2]
+
+            def work(db, first=first):
+                db.execute("DELETE FROM seller_emails WHERE seller_id = 's1'")
+                db.execute("INSERT INTO seller_emails (seller_id, address, position) VALUES ('s1', ?, 0)", (first,))
+                db.execute("INSERT INTO audit (received_at, direction, sender, recipient, verdict, reasons, findings) "
+                           "VALUES ('', 'marker', ?, '', 'marker', '[]', '[]')", (first,))
+
+            await cli.transact(work)  # on the other store's writer thread, while the message is judged
+            n += 1
+
+    switcher = asyncio.create_task(switch_back_and_forth())
+    outcomes = []
+    try:
+        for n in range(150):
+            recipient, _ = await pipeline.resolve_recipient(seller_alias)
+            if n % 2 == 0:
+                message_started.set()
+            outcome = await pipeline.process(BUYER, recipient, buyer_message(seller_alias, f"question {n}").encode())
+            outcomes.append(outcome.verdict)
+    finally:
+        stop = True
+        message_started.set()
+        await switcher
+    assert outcomes == ["accepted"] * 150, outcomes
+    with sqlite3.connect(pipeline.store.path) as db:
+        rows = db.execute("SELECT a.verdict, a.sender, q.rcpt_to FROM audit a LEFT JOIN queue q ON q.audit_id = a.id "
+                          "ORDER BY a.id").fetchall()
+    first, checked = "sam@shop.example", 0
+    for verdict, sender, rcpt_to in rows:
+        if verdict == "marker":
+            first = sender
+        elif verdict == "accepted":
+            assert rcpt_to == first
+            checked += 1
+    assert checked == 150 and sum(verdict == "marker" for verdict, _, _ in rows) >= 30  # (starts may share one)
