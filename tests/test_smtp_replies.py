@@ -38,10 +38,12 @@ async def test_foreign_domain_is_never_relayed(relay):
 
 async def test_unknown_aliases_get_one_identical_reply(scenario):
     relay = scenario.relay
+    alias = scenario.buyer_alias.split("@")[0]
+    one_letter_off = alias[:-1] + ("y" if alias.endswith("x") else "x")  # (1 alias in 31 ends in x)
     replies = set()
     with session(relay) as s:
         s.cmd(f"MAIL FROM:<{scenario.seller_email}>")
-        for local in ("zzzzzzzzzzzzzzzzzz", "nobody", "a" * 64, scenario.buyer_alias.split("@")[0][:-1] + "x",
+        for local in ("zzzzzzzzzzzzzzzzzz", "nobody", "a" * 64, one_letter_off,
                       "bounces-00112233445566778899aabb", "victim%external.example",
                       "external.example!victim", '"victim@external.example"'):
             replies.add(s.cmd(f"RCPT TO:<{local}@relay.example>"))
