@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import time
 
+from relay.aliases import looks_like_alias
 from relay.store import AliasMatch, Store
 
 FRESH_FOR = 0.1  # seconds: how old the newest seen version may be for a remembered answer
@@ -53,8 +54,11 @@ class AliasCache:
         self.reads = 0
 
     async def find(self, local: str, fresh: bool = False) -> AliasMatch | None:
-        """The alias's match, from memory if current, else from the store;
-        `fresh` always reads the store."""
+        """The match of a lowercased local part, from memory if current, else
+        from the store; `fresh` always reads the store.  A local part that
+        cannot be an alias is still looked up (as one that matches nothing):
+        the same work whatever its shape (THREATS #33)."""
+        local = local if looks_like_alias(local) else "\x00" + local[:64]
         if not fresh:
             remembered = self._current(local)
             if remembered is not None:
@@ -67,10 +71,6 @@ class AliasCache:
         else:
             self._remember(local, match)
         return match
-
-    def forget_all(self) -> None:
-        """The parties changed (a commit said so): read every alias again."""
-        self._entries.clear()
 
     def _current(self, local: str) -> AliasMatch | None:
         match = self._entries.get(local)

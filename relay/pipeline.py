@@ -21,7 +21,7 @@ from email.errors import (CloseBoundaryNotFoundDefect, InvalidMultipartContentTr
                           UndecodableBytesDefect)
 
 from relay.aliascache import AliasCache
-from relay.aliases import AddressError, looks_like_alias, normalize_address, split_address
+from relay.aliases import AddressError, normalize_address, split_address
 from relay.chunks import Chunks
 from relay.config import Settings
 from relay.filters.base import (BUYER_TO_SELLER, SELLER_TO_BUYER, FilterContext, Finding, MessageView,
@@ -164,8 +164,7 @@ class Pipeline:
             if entry is None:
                 return None, UNKNOWN_ALIAS
             return Recipient("bounce", f"{local_l}@{domain}", bounce_entry=entry), "250 2.1.5 OK"
-        # Always do the same lookup work, whatever the shape of the local part.
-        found = await self.aliases.find(local_l if looks_like_alias(local_l) else "\x00" + local_l[:64])
+        found = await self.aliases.find(local_l)
         if found is None:
             return None, UNKNOWN_ALIAS
         return Recipient("alias", f"{local_l}@{domain}", found.order, found.role, found.seller,
@@ -173,8 +172,7 @@ class Pipeline:
 
     async def _read_again(self, recipient: Recipient) -> Recipient | None:
         """The alias as the store has it now (None if it is gone)."""
-        local = recipient.address.partition("@")[0]
-        found = await self.aliases.find(local if looks_like_alias(local) else "\x00" + local[:64], fresh=True)
+        found = await self.aliases.find(recipient.address.partition("@")[0], fresh=True)
         if found is None:
             return None
         return dataclasses.replace(recipient, order=found.order, role=found.role, seller=found.seller,

@@ -685,8 +685,8 @@ class RelayHandler:
         The order's buyer and the relay's own domain are never added: such a
         message is still refused as `sender_not_authorized`.
         """
-        seller, order = recipient.seller, recipient.order
-        assert seller is not None and order is not None
+        order = recipient.order
+        assert recipient.seller is not None and order is not None
         own_domains = {self.pipeline.settings.relay.domain, self.pipeline.settings.relay.hostname}
         extra: list[str] = []
         for candidate in (mail_from, _header_from_address(content, self.pipeline.settings.limits.header_total)):

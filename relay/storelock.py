@@ -27,14 +27,17 @@ The lock file also carries one number: the parties' version (relay.store,
 relay.aliascache), written by the writer whose commit changed it, after the
 COMMIT and before the turn is let go.  Every relay process reads it before it
 answers a RCPT from memory, so a change made with the CLI reaches the next
-RCPT of every worker (a read of 8 octets, where asking the store would be a
-trip to its reader thread).
+RCPT of every worker.  It reads it through a shared mapping of the file: a
+read of memory, where asking the store would be a trip to its reader thread
+and a pread() a system call that lets go of the GIL on every RCPT (with
+another thread wanting the GIL, 470 µs a read instead of 1).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import mmap
 import os
 import sqlite3
 import struct
@@ -56,6 +59,7 @@ class WriteTurn:
             # As SQLite does for its -wal and -shm files: a CLI command run as
             # root must not leave a file the service's user cannot open.
             os.fchown(self._fd, store.st_uid, store.st_gid)
+        self._note: mmap.mmap | None = None  # mapped at the first read of the parties' version
 
     @contextlib.contextmanager
     def held(self, timeout: float) -> Iterator[None]:
@@ -91,10 +95,16 @@ class WriteTurn:
         """The newest parties' version a relay process committed (0 if none yet)."""
         if self._fd < 0:
             return 0  # closed: the store answers nothing any more
-        data = os.pread(self._fd, 8, 0)
-        return struct.unpack("<Q", data)[0] if len(data) == 8 else 0
+        if self._note is None:
+            if os.fstat(self._fd).st_size < 8:
+                os.ftruncate(self._fd, 8)  # (only ever lengthens: never clears a note already written)
+            self._note = mmap.mmap(self._fd, 8, access=mmap.ACCESS_READ)
+        return struct.unpack_from("<Q", self._note)[0]
 
     def close(self) -> None:
+        if self._note is not None:
+            self._note.close()
+            self._note = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
