@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from email import message_from_bytes, policy
 
-import pytest
 
 from service_support import AsyncSMTP
 

@@ -158,7 +158,6 @@ async def test_starttls_command_injection_is_discarded(relay_factory, tls_files)
     """THREATS #11 (CVE-2011-0411 class): plaintext pipelined after STARTTLS
     must not be executed inside the TLS session; the client must EHLO again."""
     import socket
-    import ssl
 
     relay = await relay_factory({"tls": {"cert": str(tls_files.cert), "key": str(tls_files.key)}})
     sock = socket.create_connection(relay.mx, timeout=15)
