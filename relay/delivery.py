@@ -88,6 +88,7 @@ class Delivery:
         self._unrecorded: set[int] = set()
         self._work: asyncio.Queue[tuple[QueueEntry, bytes | Chunks | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._recorder: asyncio.Task | None = None  # _record_delivered, while it runs
         self._clients: list[aiosmtplib.SMTP | PipelinedConnection | None] = []
 
     def wake(self) -> None:
@@ -112,6 +113,12 @@ class Delivery:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
+        # What was handed over is recorded before the process goes: else its
+        # claim would run out and another process would send it again.
+        if self._recorder is not None and not self._recorder.done():
+            await asyncio.wait([self._recorder])
+        if self._unrecorded:
+            await self._record_delivered()
         for client in self._clients:
             if client is not None:
                 try:
@@ -128,7 +135,7 @@ class Delivery:
     async def _scan_loop(self) -> None:
         while True:
             try:
-                await self._record_delivered()
+                self._record_soon()
                 due = await self.store.queue_claim(self.owner, self.clock(), limit=200,
                                                    exclude=self._in_flight | self._unrecorded)
                 for entry in due:
@@ -184,17 +191,30 @@ class Delivery:
         except (TransientFailure, OSError, asyncio.TimeoutError, aiosmtplib.SMTPException) as exc:
             await self._defer(entry, str(exc) or type(exc).__name__)
             return
-        try:
-            await self.store.mark_delivered(entry.id)
-        except StorageError:
-            self._unrecorded.add(entry.id)
+        self._record_soon(entry.id)
         self.log.info("delivery.sent", queue_id=entry.id, audit_id=entry.audit_id, kind=entry.kind,
                       attempts=entry.attempts + 1)
 
+    def _record_soon(self, entry_id: int | None = None) -> None:
+        """Have what was handed over recorded as delivered: every entry sent
+        since the last record goes in one statement, by one task, and the
+        worker that sent it takes its next entry meanwhile instead of waiting
+        for the commit.  Until recorded, an entry stays in `_unrecorded`,
+        claimed by this process (renewed by _renew_loop) and never sent again."""
+        if entry_id is not None:
+            self._unrecorded.add(entry_id)
+        if self._unrecorded and (self._recorder is None or self._recorder.done()):
+            self._recorder = asyncio.create_task(self._record_delivered())
+
     async def _record_delivered(self) -> None:
-        for entry_id in list(self._unrecorded):
-            await self.store.mark_delivered(entry_id)
-            self._unrecorded.discard(entry_id)
+        while self._unrecorded:
+            entry_ids = sorted(self._unrecorded)
+            try:
+                await self.store.mark_delivered_many(entry_ids)
+            except StorageError as exc:  # the next queue scan tries again
+                self.log.warning("delivery.error", error="recording deliveries failed", detail=str(exc)[:200])
+                return
+            self._unrecorded.difference_update(entry_ids)
 
     async def _defer(self, entry: QueueEntry, error: str) -> None:
         now = self.clock()

@@ -835,9 +835,10 @@ class _DeliveryStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
-    async def mark_delivered(self, entry_id: int) -> None:
-        await self._store.mark_delivered(entry_id)
-        self._on_outcome("delivered")
+    async def mark_delivered_many(self, entry_ids: list[int]) -> None:
+        await self._store.mark_delivered_many(entry_ids)
+        for _ in entry_ids:
+            self._on_outcome("delivered")
 
     async def mark_deferred(self, entry_id: int, error: str, next_attempt: float) -> None:
         await self._store.mark_deferred(entry_id, error, next_attempt)

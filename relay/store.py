@@ -58,6 +58,8 @@ CLAIM_LEASE = 120.0
 # millisecond or two; without this, 30 % of the commits carried only delivery
 # outcomes, each one an fsync and a turn at the store (relay.storelock).
 LAZY_COMMIT_DELAY = 0.005
+# Delivered entries recorded by one UPDATE (SQLite allows 32,766 parameters).
+DELIVERED_AT_ONCE = 500
 # What ends a claim: a release, or the entry's next state (sent, deferred, failed).
 _UNCLAIM = "claimed_by = NULL, claimed_until = 0"
 
@@ -850,7 +852,24 @@ class Store:
         return await self.transact(work)
 
     async def mark_delivered(self, entry_id: int) -> None:
-        await self._set_state(entry_id, "delivered", None, None)
+        await self.mark_delivered_many([entry_id])
+
+    async def mark_delivered_many(self, entry_ids: list[int]) -> None:
+        """Record entries handed over to the next hop, in one statement per
+        DELIVERED_AT_ONCE of them: at a thousand messages a second, one
+        UPDATE (and one trip through the writer thread) a message was the
+        writer's most frequent statement."""
+        def work(db: sqlite3.Connection) -> None:
+            now = time.time()
+            for start in range(0, len(entry_ids), DELIVERED_AT_ONCE):
+                ids = entry_ids[start:start + DELIVERED_AT_ONCE]
+                db.execute(
+                    "UPDATE queue SET state = 'delivered', last_error = NULL, attempts = attempts + 1, "
+                    f"updated_at = ?, {_UNCLAIM} WHERE id IN ({', '.join('?' * len(ids))})", (now, *ids))
+
+        # The outcome shares the next commit: the entries stay claimed by this
+        # process until they are recorded, so no one else sends them again.
+        await self.transact(work, can_wait=True)
 
     async def mark_deferred(self, entry_id: int, error: str, next_attempt: float) -> None:
         await self._set_state(entry_id, "deferred", error, next_attempt)

@@ -7,12 +7,16 @@ service drops them all so that nothing waits a lease."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
+from relay.config import settings_from_dict
+from relay.delivery import Delivery
 from relay.store import CLAIM_LEASE, Store, release_all_claims
 
 from test_durability_and_delivery import BUYER, queue, send_clean, setup_order, wait_until
+from test_store_writer import _hold_the_turn
 
 
 async def _store_with_notices(tmp_path, n: int) -> tuple[Store, list[int]]:
@@ -131,3 +135,52 @@ def _accepted(listener: socket.socket, held: list[socket.socket]) -> bool:
         return False
     held.append(conn)
     return True
+
+
+# ----------------------------------------- deliveries recorded together
+
+async def test_deliveries_are_recorded_together_and_their_claims_end(tmp_path, monkeypatch):
+    monkeypatch.setattr("relay.store.DELIVERED_AT_ONCE", 2)  # three statements for five entries
+    store, ids = await _store_with_notices(tmp_path, 5)
+    try:
+        await store.queue_claim("a", time.time())
+        before = store.commits
+        await store.mark_delivered_many(ids)
+        assert store.commits == before + 1
+        rows = await store._read(f"SELECT state, attempts, claimed_by, claimed_until FROM queue "
+                                 f"WHERE id IN ({', '.join('?' * len(ids))})", ids)
+        assert [tuple(row) for row in rows] == [("delivered", 1, None, 0)] * 5
+    finally:
+        await store.close()
+
+
+async def test_what_was_handed_over_is_recorded_before_the_deliverer_stops(tmp_path, sink):
+    """Deliveries are recorded by a task of their own, after the worker has
+    moved on: a stop must wait for that record, or the entries would stay
+    claimed until the lease ran out and another process would send them again."""
+    settings = settings_from_dict({"store": {"path": str(tmp_path / "relay.sqlite3")},
+                                   "delivery": {"smarthost": f"127.0.0.1:{sink.port}", "tls": "none"}})
+    store, ids = await _store_with_notices(tmp_path, 3)
+    delivery = Delivery(settings, store)
+    try:
+        entries = await store.queue_claim(delivery.owner, time.time())
+        held = _hold_the_turn(store.path)  # the record cannot commit yet
+        try:
+            await delivery.start()
+            for entry in entries:
+                delivery.submit(entry, b"Subject: x\r\n\r\nx\r\n")
+            await sink.wait_for_count(3, timeout=15)
+            await wait_until(lambda: delivery._unrecorded == set(ids))  # each one's 250 seen, none recorded
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.3, os.close, held)  # the other process lets go while the deliverer stops
+            await delivery.stop()
+        finally:
+            try:
+                os.close(held)
+            except OSError:
+                pass  # already let go
+        rows = await store._read(f"SELECT state, claimed_by FROM queue WHERE id IN ({', '.join('?' * len(ids))})",
+                                 ids)
+        assert [tuple(row) for row in rows] == [("delivered", None)] * 3
+    finally:
+        await store.close()
