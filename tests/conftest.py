@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from relay.config import to_toml
+from relay.config import settings_from_dict, to_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -309,3 +309,16 @@ async def scenario(relay) -> Scenario:
     relay.add_seller("s1", sc.seller_name, [sc.seller_email, "orders@shop.example"])
     sc.aliases = relay.open_order(sc.order, "s1", sc.buyer_email, sc.buyer_name)
     return sc
+
+
+@pytest.fixture
+async def daemon(tmp_path):
+    """A RelayDaemon in the test's own process and event loop (its next hop
+    is a closed port: for tests of sessions and protocols, not delivery)."""
+    from relay.server import RelayDaemon
+    settings = settings_from_dict({"store": {"path": str(tmp_path / "relay.sqlite3")},
+                                   "listen": {"mx": "127.0.0.1:0"}, "delivery": {"smarthost": "127.0.0.1:9"}})
+    relay = RelayDaemon(settings)
+    await relay.start()
+    yield relay
+    await relay.stop(drain_seconds=1)

@@ -12,18 +12,7 @@ import weakref
 import aiosmtplib
 import pytest
 
-from relay.config import settings_from_dict
 from relay.server import GC_YOUNG_THRESHOLD, RelayDaemon, freeze_startup_heap
-
-
-@pytest.fixture
-async def daemon(tmp_path):
-    settings = settings_from_dict({"store": {"path": str(tmp_path / "relay.sqlite3")},
-                                   "listen": {"mx": "127.0.0.1:0"}, "delivery": {"smarthost": "127.0.0.1:9"}})
-    relay = RelayDaemon(settings)
-    await relay.start()
-    yield relay
-    await relay.stop(drain_seconds=1)
 
 
 async def _session_ref(relay: RelayDaemon) -> weakref.ref:

@@ -12,7 +12,6 @@ import dataclasses
 import aiosmtplib
 import pytest
 
-from relay.config import settings_from_dict
 from relay.server import RelayDaemon, RelaySMTP
 
 # What a connection's protocol shares with every other, and why that is safe:
@@ -21,16 +20,6 @@ from relay.server import RelayDaemon, RelaySMTP
 SHARED_BY_DESIGN = {"_auth_callback", "_call_limit_base", "_handle_hooks", "_loop", "loop", "daemon",
                     "event_handler", "relay_handler"}
 IMMUTABLE = (str, bytes, int, float, bool, type(None), tuple, frozenset)
-
-
-@pytest.fixture
-async def daemon(tmp_path):
-    settings = settings_from_dict({"store": {"path": str(tmp_path / "relay.sqlite3")},
-                                   "listen": {"mx": "127.0.0.1:0"}, "delivery": {"smarthost": "127.0.0.1:9"}})
-    relay = RelayDaemon(settings)
-    await relay.start()
-    yield relay
-    await relay.stop(drain_seconds=1)
 
 
 def _built_anew(daemon: RelayDaemon, listener: str = "mx") -> RelaySMTP:
