@@ -30,6 +30,9 @@ from relay.pipelining import PipelinedConnection, take_over
 from relay.tasks import cancel_and_wait
 from relay.store import CLAIM_LEASE, QueueEntry, StorageError, Store
 
+# How long a stop waits for sends already under way (the next hop's answer to
+# a message's data, most often milliseconds) before it cuts them off.
+SEND_GRACE = 5.0
 _SAFE_ADDRESS = re.compile(r"[^\s<>\r\n\0]*")
 
 
@@ -89,6 +92,8 @@ class Delivery:
         self._work: asyncio.Queue[tuple[QueueEntry, bytes | Chunks | None]] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
         self._recorder: asyncio.Task | None = None  # _record_delivered, while it runs
+        self._sending: set[asyncio.Task] = set()  # workers in the middle of an entry
+        self._stopping = False
         self._clients: list[aiosmtplib.SMTP | PipelinedConnection | None] = []
 
     def wake(self) -> None:
@@ -112,7 +117,15 @@ class Delivery:
         self._tasks += [asyncio.create_task(self._worker(i)) for i in range(n)]
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._tasks)
+        """Stop taking entries; let sends under way finish (SEND_GRACE at
+        most), record them, and give back every claim not sent.  A send cut
+        off after the next hop had the data went back to the queue and out
+        again after the restart: a duplicate made by a graceful stop alone."""
+        self._stopping = True
+        await cancel_and_wait([task for task in self._tasks if task not in self._sending])
+        if self._sending:
+            await asyncio.wait(set(self._sending), timeout=SEND_GRACE)
+        await cancel_and_wait(self._tasks)  # what still sends after the grace is cut off
         # What was handed over is recorded before the process goes: else its
         # claim would run out and another process would send it again.
         if self._recorder is not None and not self._recorder.done():
@@ -161,8 +174,10 @@ class Delivery:
                 self.log.warning("delivery.error", error="claim renewal failed", detail=str(exc)[:200])
 
     async def _worker(self, slot: int) -> None:
-        while True:
+        task = asyncio.current_task()
+        while not self._stopping:
             entry, data = await self._work.get()
+            self._sending.add(task)
             try:
                 await self._deliver(entry, slot, data)
             except asyncio.CancelledError:
@@ -171,6 +186,7 @@ class Delivery:
                 self.log.error("delivery.error", queue_id=entry.id, error=type(exc).__name__)
             finally:
                 self._in_flight.discard(entry.id)
+                self._sending.discard(task)
 
     async def _deliver(self, entry: QueueEntry, slot: int, data: bytes | Chunks | None = None) -> None:
         if data is None:

@@ -11,11 +11,14 @@ import os
 import socket
 import time
 
+from aiosmtpd.controller import Controller
+
 from relay.config import settings_from_dict
 from relay.delivery import Delivery
 from relay.store import CLAIM_LEASE, Store, release_all_claims
 
 from test_durability_and_delivery import BUYER, queue, send_clean, setup_order, wait_until
+from conftest import free_port
 from test_store_writer import _hold_the_turn
 
 
@@ -184,3 +187,44 @@ async def test_what_was_handed_over_is_recorded_before_the_deliverer_stops(tmp_p
         assert [tuple(row) for row in rows] == [("delivered", None)] * 3
     finally:
         await store.close()
+
+
+class _SlowToAnswer:
+    """A next hop that takes `delay` seconds to answer a message's data."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.received = 0
+
+    async def handle_DATA(self, server, session, envelope):
+        self.received += 1
+        await asyncio.sleep(self.delay)
+        return "250 2.0.0 Ok"
+
+
+async def test_a_stop_lets_a_send_under_way_finish_and_records_it(tmp_path):
+    """A graceful stop (SIGTERM, a restart) must not cut off a message the
+    next hop is answering: cut off, it went back to the queue and was sent
+    again by the next start, a duplicate made by the restart alone."""
+    next_hop = _SlowToAnswer(delay=0.5)
+    controller = Controller(next_hop, hostname="127.0.0.1", port=free_port(), ready_timeout=10)
+    controller.start()
+    try:
+        settings = settings_from_dict({
+            "store": {"path": str(tmp_path / "relay.sqlite3")},
+            "delivery": {"smarthost": f"127.0.0.1:{controller.server.sockets[0].getsockname()[1]}",
+                         "tls": "none"}})
+        store, (entry_id,) = await _store_with_notices(tmp_path, 1)
+        delivery = Delivery(settings, store)
+        try:
+            (entry,) = await store.queue_claim(delivery.owner, time.time())
+            await delivery.start()
+            delivery.submit(entry, b"Subject: x\r\n\r\nx\r\n")
+            await wait_until(lambda: next_hop.received == 1)  # the data is there, its answer on the way
+            await delivery.stop()
+            (row,) = await store._read("SELECT state, claimed_by FROM queue WHERE id = ?", (entry_id,))
+            assert tuple(row) == ("delivered", None)
+        finally:
+            await store.close()
+    finally:
+        controller.stop()
