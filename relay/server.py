@@ -894,9 +894,9 @@ class RelayDaemon:
         self.reload_pending = False
         self._tasks: list[asyncio.Task] = []
         self._data_event = asyncio.Event()
-        # Per listener: what its protocol was made with, and a protocol made so
-        # that is never connected but copied for each connection (RelaySMTP.like_this).
-        self._protocol_models: dict[str, tuple[dict[str, Any], RelaySMTP]] = {}
+        # Per listener: (settings, STARTTLS context, handler) and a protocol made
+        # from them that is never connected but copied for each connection.
+        self._protocol_models: dict[str, tuple[tuple[Any, ...], RelaySMTP]] = {}
 
     # ------------------------------------------------------------- start-up
 
@@ -942,6 +942,18 @@ class RelayDaemon:
         return servers[0]
 
     def _protocol(self, listener: str) -> RelaySMTP:
+        """A new connection's protocol: a copy of the listener's model
+        (RelaySMTP.like_this), made again once the settings, the STARTTLS
+        context or the handler it was made from are replaced (a reload
+        replaces them; Settings is frozen, so nothing changes in place)."""
+        made_from = (self.settings, self.tls_context, self.handler)
+        model = self._protocol_models.get(listener)
+        if model is None or any(old is not new for old, new in zip(model[0], made_from)):
+            model = self._protocol_models[listener] = (made_from, self._protocol_model(listener))
+        return model[1].like_this()
+
+    def _protocol_model(self, listener: str) -> RelaySMTP:
+        """A protocol made by aiosmtpd's SMTP.__init__ from the current settings."""
         s = self.settings
         lim = s.limits
         submission = listener == "submission"
@@ -950,17 +962,12 @@ class RelayDaemon:
         calls = {"NOOP": lim.command_limit, "VRFY": lim.command_limit, "EXPN": lim.command_limit,
                  "HELP": lim.command_limit, "RSET": lim.command_limit + lim.transactions,
                  "*": OTHER_COMMAND_LIMIT}
-        made_with = dict(hostname=s.relay.hostname, ident=BANNER_IDENT,
+        return RelaySMTP(self.handler, self, listener, hostname=s.relay.hostname, ident=BANNER_IDENT,
                          data_size_limit=lim.message_size, enable_SMTPUTF8=False, decode_data=False,
                          timeout=lim.command_timeout, tls_context=self.tls_context,
                          require_starttls=submission and self.tls_context is not None,
                          auth_required=submission, auth_require_tls=True, command_call_limit=calls,
                          loop=asyncio.get_running_loop())  # else aiosmtpd looks it up under catch_warnings
-        model = self._protocol_models.get(listener)
-        if model is None or model[0] != made_with or model[1].event_handler is not self.handler:
-            model = self._protocol_models[listener] = (
-                made_with, RelaySMTP(self.handler, self, listener, **made_with))
-        return model[1].like_this()
 
     @property
     def port(self) -> int:

@@ -851,9 +851,6 @@ class Store:
 
         return await self.transact(work)
 
-    async def mark_delivered(self, entry_id: int) -> None:
-        await self.mark_delivered_many([entry_id])
-
     async def mark_delivered_many(self, entry_ids: list[int]) -> None:
         """Record entries handed over to the next hop, in one statement per
         DELIVERED_AT_ONCE of them: at a thousand messages a second, one

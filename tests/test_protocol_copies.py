@@ -23,8 +23,7 @@ IMMUTABLE = (str, bytes, int, float, bool, type(None), tuple, frozenset)
 
 
 def _built_anew(daemon: RelayDaemon, listener: str = "mx") -> RelaySMTP:
-    made_with = daemon._protocol_models[listener][0]
-    return RelaySMTP(daemon.handler, daemon, listener, **made_with)
+    return daemon._protocol_model(listener)
 
 
 def _shared(a: RelaySMTP, b: RelaySMTP) -> set[str]:

@@ -296,7 +296,8 @@ async def test_delivery_outcomes_are_recorded(tmp_path):
     async with _opened(tmp_path / "relay.sqlite3") as store:
         first = await store.enqueue_notice("", "bob@buyer.test", b"Subject: x\r\n\r\nbody\r\n")
         second = await store.enqueue_notice("", "ann@buyer.test", b"Subject: y\r\n\r\nbody\r\n")
-        await asyncio.gather(store.mark_delivered(first), store.mark_deferred(second, "451 later", time.time() + 60))
+        await asyncio.gather(store.mark_delivered_many([first]),
+                             store.mark_deferred(second, "451 later", time.time() + 60))
         states = {entry.id: entry.state for entry in await store.queue_list()}
         assert states[first] == "delivered" and states[second] == "deferred"
 
