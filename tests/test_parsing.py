@@ -265,3 +265,66 @@ def test_more_structural_lines_than_the_budget_send_the_message_to_the_stdlib_wh
     assert len(data) >= parsing.SKELETON_MIN
     assert parsing._plain_runs(data) == []
     assert _shape(parsing.parse_message(data)) == _shape(_stdlib(data))
+
+
+# ------------------------------------------------------- deferred parse trees
+# Unstructured fields without an encoded word and plain <id@domain> Message-IDs
+# get their parse tree when it is first used (relay.parsing); everything a
+# reader or a writer can ask of the header must be what the stdlib gives.
+
+import copy  # noqa: E402
+
+_FIELD_TEXT = st.text(alphabet=st.sampled_from("ab.@<>()\" \t=?_-~!#\\[]:;,\x00\x7f\u00e9\udce9\u2028"), max_size=30)
+_MSG_ID = st.builds("<{}@{}>".format,
+                    st.from_regex(r"[a-z0-9!#$%&'*+/=?^_`{|}~-]{1,6}(\.[a-z0-9=?-]{1,4}){0,2}", fullmatch=True),
+                    st.from_regex(r"[a-z0-9-]{1,6}(\.[a-z0-9]{1,4}){0,2}", fullmatch=True))
+
+
+def _folded(header):
+    """The header folded for output, or the exception folding raises (the
+    stdlib's folder raises on some values: so must ours)."""
+    try:
+        return header.fold(policy=policy.default)
+    except Exception as exc:
+        return type(exc)
+
+
+def _as_the_stdlib_sees_it(header, stdlib) -> None:
+    assert str(header) == str(stdlib)
+    assert type(header).__mro__[1:] == type(stdlib).__mro__[1:]
+    assert [(type(d), str(d)) for d in header.defects] == [(type(d), str(d)) for d in stdlib.defects]
+    assert header.name == stdlib.name and header.max_count == stdlib.max_count
+    assert _folded(header) == _folded(stdlib)
+    assert str(header._parse_tree) == str(stdlib._parse_tree)
+    again = copy.deepcopy(header)
+    assert str(again) == str(stdlib) and _folded(again) == _folded(stdlib)
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(st.sampled_from(["Subject", "X-Note", "In-Reply-To", "References", "Message-ID"]),
+       st.one_of(_FIELD_TEXT, _MSG_ID, _MSG_ID.map(lambda v: " " + v), st.sampled_from(
+           ["=?utf-8?q?Caf=C3=A9?=", "a =?utf-8?b?4oCo?= b", "<a..b@c>", "<a@[1.2.3.4]>", "<a@b> (c)", "<.a@b>",
+            "<a@b.>", "<a=?x@b>", "<a@b", "a@b>", "<>", "<@b>", "<a@>"])))
+def test_a_deferred_tree_header_is_the_stdlib_header(name, value):
+    parsing._parsed_unique.cache_clear()
+    parsing._parsed.cache_clear()
+    try:
+        stdlib = policy.default.header_fetch_parse(name, value)
+    except Exception as exc:  # the stdlib's parser raises on some values ("<>"): so must ours
+        with pytest.raises(type(exc)):
+            parsing.PARSE_POLICY.header_fetch_parse(name, value)
+        return
+    _as_the_stdlib_sees_it(parsing.PARSE_POLICY.header_fetch_parse(name, value), stdlib)
+
+
+def test_plain_message_ids_and_subjects_are_parsed_when_first_folded():
+    parsing._parsed_unique.cache_clear()
+    message = parsing.parse_message(b"Message-ID: <m.1@shop.example>\r\nSubject: where is my parcel\r\n"
+                                    b"Comments: =?utf-8?q?Caf=C3=A9?=\r\n\r\nHi\r\n")
+    message_id, subject, comments = message["Message-ID"], message["Subject"], message["Comments"]
+    assert type(message_id.__dict__["_deferred_tree"]) is parsing._TreeNotBuilt
+    assert type(subject.__dict__["_deferred_tree"]) is parsing._TreeNotBuilt
+    assert type(comments.__dict__["_deferred_tree"]) is not parsing._TreeNotBuilt  # an encoded word: parsed at once
+    assert str(comments) == "Café"
+    assert message_id.fold(policy=policy.default) == "Message-ID: <m.1@shop.example>\n"
+    assert type(message_id.__dict__["_deferred_tree"]) is not parsing._TreeNotBuilt
