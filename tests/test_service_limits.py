@@ -69,6 +69,22 @@ async def test_command_timeout_says_421_before_closing(relay_factory):
     assert await client.closed()
 
 
+async def test_the_command_timeout_runs_from_the_last_command(relay_factory):
+    relay = await relay_factory({"limits": {"command_timeout": 0.4, "command_limit": 100}})
+    client = await AsyncSMTP.open(*relay.mx)
+    # Commands every 0.15 s for three times the timeout: never cut off.
+    started = time.monotonic()
+    while time.monotonic() - started < 1.2:
+        assert (await client.cmd("NOOP")).startswith("250")
+        await asyncio.sleep(0.15)
+    last = time.monotonic()
+    assert (await client.cmd("NOOP")).startswith("250")
+    reply = await client.reply(timeout=5)
+    assert reply.startswith("421 4.4.2"), reply
+    assert time.monotonic() - last >= 0.4
+    assert await client.closed()
+
+
 async def test_error_budget(relay_factory):
     relay = await relay_factory({"limits": {"error_limit": 3}})
     client = await AsyncSMTP.open(*relay.mx)
