@@ -23,6 +23,7 @@ from pathlib import Path
 
 import aiosmtplib
 
+from relay import tokens
 from relay.chunks import Chunks, buffers, joined
 from relay.config import Settings, parse_hostport
 from relay.logs import get_logger
@@ -58,7 +59,7 @@ def failure_notice(settings: Settings, to: str, alias: str) -> bytes:
         f"To: {to}\r\n"
         f"Subject: Undeliverable: your message to {alias}\r\n"
         f"Date: {formatdate(usegmt=True)}\r\n"
-        f"Message-ID: <{secrets.token_hex(16)}@{settings.relay.hostname}>\r\n"
+        f"Message-ID: <{tokens.token_hex(16)}@{settings.relay.hostname}>\r\n"
         "Auto-Submitted: auto-replied\r\n"
         "MIME-Version: 1.0\r\n"
         "Content-Type: text/plain; charset=us-ascii\r\n"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -20,6 +19,7 @@ from email.errors import (CloseBoundaryNotFoundDefect, InvalidMultipartContentTr
                           MultipartInvariantViolationDefect, StartBoundaryNotFoundDefect,
                           UndecodableBytesDefect)
 
+from relay import tokens
 from relay.aliascache import AliasCache
 from relay.aliases import AddressError, normalize_address, split_address
 from relay.chunks import Chunks
@@ -377,7 +377,7 @@ class Pipeline:
             fingerprint=text_fingerprint(MessageView(subject, tuple(result.parts))),
             inbound=content, outbound=result.data)
         original_ids = message_ids_in(message.get("Message-ID"))
-        token = secrets.token_hex(12)
+        token = tokens.token_hex(12)
         rcpt_to = self._parties(recipient).recipient_addresses[0]
         audit_id, entry = await self.store.accept_message(
             record, relay_id, original_ids[0] if original_ids else None,

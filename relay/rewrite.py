@@ -25,7 +25,6 @@ import hashlib
 import html
 import io
 import re
-import secrets
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from email.message import EmailMessage, _formatparam  # the stdlib's own paramet
 from email._encoded_words import decode_b as _decode_b
 from email.utils import collapse_rfc2231_value, formataddr, getaddresses
 
+from relay import tokens
 from relay.chunks import Chunks, Span
 from relay.filters.attachments import declared_kind, kind_from_head, sniff
 from relay.filters.base import Attachment, TextPart
@@ -444,7 +444,7 @@ class _Writer:
             children.append(self.part(child, depth + 1))
         if not children:
             children.append(([_header_line("Content-Type", "text/plain; charset=us-ascii")], []))
-        boundary = "=_relay_" + secrets.token_hex(12)
+        boundary = "=_relay_" + tokens.token_hex(12)
         headers = self.part_headers(part, drop_cte=True)
         headers = [h for h in headers if not h.lower().startswith(b"content-type")]
         ctype_holder = EmailMessage(policy=OUT_POLICY)
@@ -750,7 +750,7 @@ def _content_id_map(message: EmailMessage, hostname: str) -> dict[str, str]:
             continue
         old = _cid_value(str(value))
         if old and old not in mapping:
-            salt = salt or secrets.token_hex(8)
+            salt = salt or tokens.token_hex(8)
             digest = hashlib.sha256((salt + old).encode("utf-8", "surrogatepass")).hexdigest()[:24]
             mapping[old] = f"{digest}@{hostname}"
     return mapping
@@ -1044,7 +1044,7 @@ def normalize_line_endings(data: bytes | Chunks) -> bytes | Chunks:
 
 
 def new_message_id(hostname: str) -> str:
-    return f"<{secrets.token_hex(16)}@{hostname}>"
+    return f"<{tokens.token_hex(16)}@{hostname}>"
 
 
 MSGID_TOKEN = re.compile(r"<[^<>\s]{1,250}>")

@@ -141,7 +141,7 @@ def _rewrite(data: bytes):
 def test_the_chunked_path_gives_the_bytes_of_the_joined_path(monkeypatch, data):
     """Byte for byte, and the same refusals: pieces (every body that can be a
     Span of the received octets is one) against the message joined at once."""
-    monkeypatch.setattr(rewrite.secrets, "token_hex", lambda n=16: "0" * (2 * n))  # the same boundaries
+    monkeypatch.setattr(rewrite.tokens, "token_hex", lambda n=16: "0" * (2 * n))  # the same boundaries
     expected = _rewrite(data)
     monkeypatch.setattr(rewrite, "JOIN_BELOW", 0)
     monkeypatch.setattr(rewrite, "FIND_IN_SOURCE", 1)
