@@ -1008,6 +1008,9 @@ def header_text(message: EmailMessage, name: str) -> str:
 
 
 def _raw_header(message: EmailMessage, name: str) -> str | None:
+    indexed = getattr(message, "raw_value", None)  # a parsed message (relay.parsing.IndexedMessage)
+    if indexed is not None:
+        return indexed(name)
     wanted = name.lower()
     for key, value in message.raw_items():
         if key.lower() == wanted:

@@ -328,3 +328,57 @@ def test_plain_message_ids_and_subjects_are_parsed_when_first_folded():
     assert str(comments) == "Café"
     assert message_id.fold(policy=policy.default) == "Message-ID: <m.1@shop.example>\n"
     assert type(message_id.__dict__["_deferred_tree"]) is not parsing._TreeNotBuilt
+
+
+# ------------------------------------------------------------- header index
+# A parsed message finds its fields through an index of names
+# (relay.parsing.IndexedMessage); it must answer as the stdlib's linear search,
+# also after the message is changed.
+
+from email.message import EmailMessage  # noqa: E402
+
+_NAMES = ["From", "from", "FROM", "Subject", "Content-Type", "content-transfer-encoding", "X-Odd", "X-Absent", ""]
+
+
+def _lookups(part) -> list:
+    names = _NAMES + [key for key, _ in part._headers] + [key.upper() for key, _ in part._headers]
+    answers = []
+    for name in names:
+        raw = next((v for k, v in part._headers if k.lower() == name.lower()), None)
+        answers.append((name, str(part.get(name)), [str(v) for v in part.get_all(name, [])], name in part,
+                        str(part[name]), part.get(name, "missing") == "missing", part.raw_value(name) == raw))
+    return answers
+
+
+def _stdlib_lookups(part) -> list:
+    names = _NAMES + [key for key, _ in part._headers] + [key.upper() for key, _ in part._headers]
+    answers = []
+    for name in names:
+        answers.append((name, str(EmailMessage.get(part, name)), [str(v) for v in EmailMessage.get_all(part, name, [])],
+                        EmailMessage.__contains__(part, name), str(EmailMessage.__getitem__(part, name)),
+                        EmailMessage.get(part, name, "missing") == "missing", True))
+    return answers
+
+
+@hsettings(max_examples=400, deadline=None)
+@given(_messages())
+def test_indexed_lookups_answer_as_the_stdlib(data):
+    message = parsing.parse_message(data)
+    for part in message.walk():
+        assert isinstance(part, parsing.IndexedMessage)
+        assert _lookups(part) == _stdlib_lookups(part)
+
+
+def test_indexed_lookups_follow_changes_to_the_message():
+    message = parsing.parse_message(b"From: <a@b.example>\r\nSubject: one\r\nX-Odd: 1\r\nX-Odd: 2\r\n"
+                                    b"Content-Type: multipart/mixed; boundary=b1\r\n\r\n--b1\r\n\r\nx\r\n--b1--\r\n")
+    assert _lookups(message) == _stdlib_lookups(message)
+    changes = [lambda m: m.replace_header("Subject", "two"), lambda m: m.add_header("X-New", "3"),
+               lambda m: m.__delitem__("X-Odd"), lambda m: m.__setitem__("X-Odd", "4"),
+               lambda m: m.set_param("charset", "utf-8"), lambda m: m.set_boundary("b2"),
+               lambda m: m.del_param("boundary"), lambda m: m.set_raw("Subject", "three"),
+               lambda m: m.__delitem__("Subject")]
+    for change in changes:
+        change(message)
+        assert _lookups(message) == _stdlib_lookups(message)
+    assert message.get_all("Subject") is None and [str(v) for v in message.get_all("X-Odd")] == ["4"]
