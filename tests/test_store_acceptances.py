@@ -1,0 +1,169 @@
+"""Accepted messages handed in together go into the store together
+(relay.store._Acceptance): one INSERT per table for a batch, each message's
+rows as the one-at-a-time path writes them, and a refused one refused alone."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from relay import store as store_module
+from relay.aliases import mint_alias
+from relay.store import AuditRecord, StaleParties, Store
+
+ALIAS_DOMAIN = "relay.example"
+
+
+def _record(n: int, order_id: str | None = "o1", size: int = 2048) -> AuditRecord:
+    return AuditRecord(received_at=f"2026-11-27T10:00:{n % 60:02d}.000Z", order_id=order_id, direction="b2s",
+                       sender=f"bob{n}@buyer.test", recipient=f"alias{n}@{ALIAS_DOMAIN}", verdict="accepted",
+                       reasons=[], findings=[{"code": "note", "fragment": str(n)}], subject=f"question {n}",
+                       fingerprint=f"fp{n}", inbound=b"in %d " % n + b"x" * size, outbound=b"out %d " % n + b"y" * size)
+
+
+async def _accept(store: Store, n: int, **overrides):
+    options = dict(relay_id=f"<r{n}@mx.{ALIAS_DOMAIN}>", original_id=f"<m{n}@buyer.test>",
+                   mail_from=f"bounce+t{n}@{ALIAS_DOMAIN}", rcpt_to="sam@shop.example", bounce_token=f"t{n}",
+                   notify=f"bob{n}@buyer.test", notify_alias=f"alias{n}@{ALIAS_DOMAIN}", claim_owner="me.1")
+    options.update(overrides)
+    record = options.pop("record", None) or _record(n)
+    return await store.accept_message(record, **options)
+
+
+def _rows(path: str) -> tuple[list, list, list]:
+    db = sqlite3.connect(path)
+    try:
+        audit = db.execute("SELECT id, received_at, order_id, direction, sender, recipient, verdict, reasons, "
+                           "findings, critical, unsolicited, to_opted_out, subject, fingerprint, inbound, outbound "
+                           "FROM audit ORDER BY id").fetchall()
+        ids = db.execute("SELECT relay_id, original_id, order_id, direction, audit_id FROM message_ids "
+                         "ORDER BY audit_id").fetchall()
+        queue = db.execute("SELECT id, audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, state, "
+                           "claimed_by FROM queue ORDER BY id").fetchall()
+        return audit, ids, queue
+    finally:
+        db.close()
+
+
+async def _shop(store: Store):
+    await store.add_seller("s1", "Shop", ["sam@shop.example"])
+    await store.open_order("o1", "s1", "bob@buyer.test", None, mint_alias)
+
+
+async def test_a_batch_of_acceptances_writes_what_one_at_a_time_writes(tmp_path):
+    together, alone = str(tmp_path / "together.sqlite3"), str(tmp_path / "alone.sqlite3")
+    count = store_module.ROWS_PER_INSERT * 2 + 5  # more than one INSERT's worth of rows
+    store = await Store.open(together)
+    try:
+        await _shop(store)
+        results = await asyncio.gather(*(_accept(store, n) for n in range(count)))
+    finally:
+        await store.close()
+    store = await Store.open(alone)
+    try:
+        await _shop(store)
+        one_by_one = [await _accept(store, n) for n in range(count)]
+    finally:
+        await store.close()
+    assert _rows(together) == _rows(alone)
+    audit, ids, queue = _rows(together)
+    assert [audit_id for audit_id, _ in results] == [row[0] for row in audit] == [row[4] for row in ids]
+    assert [entry.id for _, entry in results] == [row[0] for row in queue]
+    assert [(entry.audit_id, entry.rcpt_to, entry.notify) for _, entry in results] == \
+        [(entry.audit_id, entry.rcpt_to, entry.notify) for _, entry in one_by_one]
+    assert [row[1] for row in queue] == [row[0] for row in audit]
+
+
+async def test_a_batch_goes_in_with_a_few_statements_not_three_a_message(tmp_path):
+    store = await Store.open(str(tmp_path / "relay.sqlite3"))
+    statements: list[str] = []
+    try:
+        await _shop(store)
+        store._writer.set_trace_callback(statements.append)  # (called in the writer thread)
+        gate = asyncio.Event()
+
+        async def hand_in_together(n: int):
+            await gate.wait()
+            return await _accept(store, n)
+
+        tasks = [asyncio.ensure_future(hand_in_together(n)) for n in range(40)]
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(*tasks)
+        store._writer.set_trace_callback(None)
+    finally:
+        await store.close()
+    inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT")]
+    commits = sum(1 for s in statements if s.strip().upper() == "COMMIT")
+    assert len(inserts) <= 3 * commits + 3, (len(inserts), commits)
+    assert len(statements) < 40, len(statements)
+
+
+async def test_a_stale_acceptance_is_refused_alone_and_its_batch_committed(tmp_path):
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path)
+    try:
+        await _shop(store)
+        version = store.parties_seen[0]
+        results = await asyncio.gather(_accept(store, 1, parties_version=version),
+                                       _accept(store, 2, parties_version=version - 1),  # judged on old parties
+                                       _accept(store, 3, parties_version=version),
+                                       return_exceptions=True)
+    finally:
+        await store.close()
+    assert isinstance(results[1], StaleParties)
+    audit, ids, queue = _rows(path)
+    assert [row[4] for row in audit] == ["bob1@buyer.test", "bob3@buyer.test"]
+    assert [row[0] for row in ids] == [f"<r1@mx.{ALIAS_DOMAIN}>", f"<r3@mx.{ALIAS_DOMAIN}>"]
+    assert [row[1] for row in queue] == [row[0] for row in audit]
+    assert [audit_id for audit_id, _ in (results[0], results[2])] == [row[0] for row in audit]
+
+
+async def test_a_duplicate_relay_id_fails_its_own_message_only(tmp_path):
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path)
+    try:
+        await _shop(store)
+        await _accept(store, 1)
+        results = await asyncio.gather(_accept(store, 2), _accept(store, 3, relay_id=f"<r1@mx.{ALIAS_DOMAIN}>"),
+                                       _accept(store, 4), return_exceptions=True)
+    finally:
+        await store.close()
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    audit, ids, queue = _rows(path)
+    assert [row[4] for row in audit] == ["bob1@buyer.test", "bob2@buyer.test", "bob4@buyer.test"]
+    assert len(ids) == len(queue) == 3
+
+
+async def test_a_large_message_in_a_batch_keeps_its_copies_whole(tmp_path):
+    path = str(tmp_path / "relay.sqlite3")
+    big = store_module.LARGE_BLOB + 1000
+    store = await Store.open(path)
+    try:
+        await _shop(store)
+        results = await asyncio.gather(_accept(store, 1), _accept(store, 2, record=_record(2, size=big)),
+                                       _accept(store, 3, record=_record(3, order_id=None)))
+    finally:
+        await store.close()
+    audit, ids, queue = _rows(path)
+    assert [row[0] for row in audit] == [audit_id for audit_id, _ in results]
+    assert audit[1][14] == b"in 2 " + b"x" * big and audit[1][15] == b"out 2 " + b"y" * big
+    assert [row[4] for row in ids] == [results[0][0], results[1][0]]  # the message without an order has no mapping
+    assert [row[1] for row in queue] == [row[0] for row in audit]
+
+
+@pytest.mark.parametrize("deleted", ["audit", "queue"])
+async def test_ids_continue_from_the_largest_in_the_table(tmp_path, deleted):
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path)
+    try:
+        await _shop(store)
+        first = [await _accept(store, n) for n in range(3)]
+        await store.transact(lambda db: db.execute(f"DELETE FROM {deleted} WHERE id = 1"))
+        later = await asyncio.gather(_accept(store, 3), _accept(store, 4))
+    finally:
+        await store.close()
+    assert [audit_id for audit_id, _ in first + list(later)] == [1, 2, 3, 4, 5]
+    assert [entry.id for _, entry in first + list(later)] == [1, 2, 3, 4, 5]
