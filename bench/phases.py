@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,7 @@ def main() -> int:
             bench.settle()
     finally:
         bench.stop()
+        shutil.rmtree(bench.tmp, ignore_errors=True)  # (Bench.run does this for its own runs)
     return 0
 
 
