@@ -389,8 +389,9 @@ class RelaySMTP(SMTP):
 
     def _command_timer_due(self) -> None:
         self._timer_due = None
-        if self._command_deadline > self.loop.time():  # a command came since the timer was set
-            self._reset_timeout(self._command_deadline - self.loop.time())
+        remaining = self._command_deadline - self.loop.time()
+        if remaining > 0:  # a command came since the timer was set
+            self._reset_timeout(remaining)
             return
         self._timeout_cb()
 

@@ -904,6 +904,9 @@ BLOB_SLICE = 1 << 20
 
 _AUDIT_COLUMNS = ("received_at, order_id, direction, sender, recipient, verdict, reasons, findings, critical, "
                   "unsolicited, to_opted_out, subject, fingerprint, inbound, outbound")
+# The id and every column but the two copies, bound as they are (_insert_audit adds the copies' slots).
+_AUDIT_PLAIN_SLOTS = ["?"] * (1 + len(_AUDIT_COLUMNS.split(",")) - 2)
+_AUDIT_ROW = "(" + ", ".join(_AUDIT_PLAIN_SLOTS + ["?", "?"]) + ")"
 
 
 def _audit_values(r: AuditRecord, copies: dict[str, Any], large: dict[str, Any]) -> tuple:
@@ -928,9 +931,9 @@ def _large(copies: dict[str, Any]) -> dict[str, Any]:
 def _insert_audit(db: sqlite3.Connection, r: AuditRecord, audit_id: int | None = None) -> int:
     copies = _copies(r)
     large = _large(copies)
-    slots = ", ".join("zeroblob(?)" if name in large else "?" for name in ("inbound", "outbound"))
-    cur = db.execute(f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                     f"{slots})", (audit_id, *_audit_values(r, copies, large)))
+    slots = _AUDIT_PLAIN_SLOTS + ["zeroblob(?)" if name in large else "?" for name in copies]
+    cur = db.execute(f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES ({', '.join(slots)})",
+                     (audit_id, *_audit_values(r, copies, large)))
     for name, data in large.items():
         _write_blob(db, "audit", name, cur.lastrowid, data)
     return cur.lastrowid
@@ -987,12 +990,8 @@ def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> lis
     would give (one more than the largest in the table, row after row),
     given here so that each item knows its audit row's id; the batch holds
     the write lock, so nobody else inserts meanwhile."""
-    version = None
-    for item in items:
-        if item.parties_version is not None:
-            version = _parties_version(db) if version is None else version
-            if version != item.parties_version:
-                raise StaleParties(f"the sellers or orders changed after version {item.parties_version}")
+    for version in {item.parties_version for item in items}:  # (one version read for a whole batch, most often)
+        _confirm_parties(db, version)
     audit_base = db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0]
     queue_base = db.execute("SELECT coalesce(max(id), 0) FROM queue").fetchone()[0]
     now = time.time()
@@ -1010,8 +1009,7 @@ def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> lis
                            now, now, now, claim_owner, now + CLAIM_LEASE if claim_owner else 0.0))
         results.append((audit_id, QueueEntry(queue_id, audit_id, kind, mail_from, rcpt_to, "queued", 0, now, now,
                                              None, notify, notify_alias)))
-    _insert_rows(db, f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES ", "(" + ", ".join("?" * 16) + ")",
-                 audit_rows)
+    _insert_rows(db, f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES ", _AUDIT_ROW, audit_rows)
     _insert_rows(db, "INSERT INTO message_ids (relay_id, original_id, order_id, direction, audit_id) VALUES ",
                  "(?, ?, ?, ?, ?)", message_id_rows)
     _insert_rows(db, f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES ", _QUEUE_ROW, queue_rows)
