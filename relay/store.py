@@ -326,6 +326,8 @@ class Store:
             with turn_at(path, busy_timeout):  # (the file exists once connect() returns)
                 _configure_writer(conn, busy_timeout)
                 _migrate(conn)
+            for statement in _BATCH_SCHEMA:
+                conn.execute(statement)
         except BaseException:
             conn.close()
             raise
@@ -447,7 +449,9 @@ class Store:
         current while the relay is busy (relay.aliascache)."""
         with self._turn.held(self._busy_timeout):
             batch = self._taken = _drain(self._pending)
-            outcomes, parties_version = self._commit_in_turn([work for work, _ in batch])
+            works = [work for work, _ in batch]
+            in_one = _commit_in_one_statement(self._writer, works)
+            outcomes, parties_version = in_one if in_one is not None else self._commit_in_turn(works)
         loop.call_soon_threadsafe(self._committed, batch, outcomes, parties_version, started)
 
     def _commit_in_turn(self, works: list[Callable[[sqlite3.Connection], Any]]) \
@@ -844,17 +848,9 @@ class Store:
         DELIVERED_AT_ONCE of them: at a thousand messages a second, one
         UPDATE (and one trip through the writer thread) a message was the
         writer's most frequent statement."""
-        def work(db: sqlite3.Connection) -> None:
-            now = time.time()
-            for start in range(0, len(entry_ids), DELIVERED_AT_ONCE):
-                ids = entry_ids[start:start + DELIVERED_AT_ONCE]
-                db.execute(
-                    "UPDATE queue SET state = 'delivered', last_error = NULL, attempts = attempts + 1, "
-                    f"updated_at = ?, {_UNCLAIM} WHERE id IN ({', '.join('?' * len(ids))})", (now, *ids))
-
         # The outcome shares the next commit: the entries stay claimed by this
         # process until they are recorded, so no one else sends them again.
-        await self.transact(work, can_wait=True)
+        await self.transact(_Delivered(entry_ids), can_wait=True)
 
     async def mark_deferred(self, entry_id: int, error: str, next_attempt: float) -> None:
         await self._set_state(entry_id, "deferred", error, next_attempt)
@@ -944,9 +940,11 @@ class _Acceptance:
     mapping and its queue entry, committed together.
 
     Their values are made when the message is handed in, in the event loop;
-    the writer thread gives them ids and inserts them, and the acceptances
-    that follow one another in a batch go in together (_insert_acceptances):
-    one INSERT per table for all of them, not three statements each.  Every
+    the writer thread gives them ids and inserts them.  A batch of them goes
+    in as one statement (_commit_in_one_statement); on the long way (a batch
+    with other work in it, or a refusal), the acceptances that follow one
+    another go in together (_insert_acceptances): one INSERT per table for
+    all of them, not three statements each.  Every
     statement lets go of the GIL and must take it back from the busy event
     loop, and the batch holds the write turn that the other worker process
     waits for (bench/phases.py at 50 sessions: the turn was held 1.75 ms at
@@ -970,6 +968,17 @@ class _Acceptance:
 
     def __call__(self, db: sqlite3.Connection) -> tuple[int, QueueEntry]:
         return _insert_acceptances(db, [self])[0]
+
+    def queue_row(self, queue_id: int, audit_id: int, now: float) -> tuple:
+        """The queue entry's values in _QUEUE_COLUMNS order."""
+        kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, claim_owner = self.queue
+        return (queue_id, audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias,
+                now, now, now, claim_owner, now + CLAIM_LEASE if claim_owner else 0.0)
+
+    def entry(self, queue_id: int, audit_id: int, now: float) -> QueueEntry:
+        kind, mail_from, rcpt_to, _, notify, notify_alias, _ = self.queue
+        return QueueEntry(queue_id, audit_id, kind, mail_from, rcpt_to, "queued", 0, now, now, None, notify,
+                          notify_alias)
 
 
 # At most this many rows in one INSERT (16 values a row: far below SQLite's
@@ -1004,11 +1013,8 @@ def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> lis
             audit_rows.append((audit_id, *item.audit_values))
         if item.message_id is not None:
             message_id_rows.append((*item.message_id, audit_id))
-        kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, claim_owner = item.queue
-        queue_rows.append((queue_id, audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias,
-                           now, now, now, claim_owner, now + CLAIM_LEASE if claim_owner else 0.0))
-        results.append((audit_id, QueueEntry(queue_id, audit_id, kind, mail_from, rcpt_to, "queued", 0, now, now,
-                                             None, notify, notify_alias)))
+        queue_rows.append(item.queue_row(queue_id, audit_id, now))
+        results.append((audit_id, item.entry(queue_id, audit_id, now)))
     _insert_rows(db, f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES ", _AUDIT_ROW, audit_rows)
     _insert_rows(db, "INSERT INTO message_ids (relay_id, original_id, order_id, direction, audit_id) VALUES ",
                  "(?, ?, ?, ?, ?)", message_id_rows)
@@ -1020,6 +1026,125 @@ def _insert_rows(db: sqlite3.Connection, head: str, row: str, rows: list[tuple])
     for start in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[start:start + ROWS_PER_INSERT]
         db.execute(head + ", ".join([row] * len(chunk)), [value for values in chunk for value in values])
+
+
+class _Delivered:
+    """Queue entries handed over to the next hop (Store.mark_delivered_many),
+    as data: in a batch with accepted messages it goes into the batch's one
+    statement (_commit_in_one_statement); called, it runs its own UPDATEs."""
+
+    __slots__ = ("entry_ids",)
+
+    def __init__(self, entry_ids: list[int]):
+        self.entry_ids = list(entry_ids)
+
+    def __call__(self, db: sqlite3.Connection) -> None:
+        now = time.time()
+        for start in range(0, len(self.entry_ids), DELIVERED_AT_ONCE):
+            ids = self.entry_ids[start:start + DELIVERED_AT_ONCE]
+            db.execute(f"UPDATE queue SET {_DELIVERED} WHERE id IN ({', '.join('?' * len(ids))})", (now, *ids))
+
+
+_DELIVERED = f"state = 'delivered', last_error = NULL, attempts = attempts + 1, updated_at = ?, {_UNCLAIM}"
+
+# A whole batch of accepted messages and delivered entries as one statement
+# (_commit_in_one_statement): rows inserted into this view, which holds none.
+# Its triggers do the work: for an accepted message (audit_id), check the
+# parties' version and write its audit row, Message-ID mapping and queue
+# entry; for a delivered entry (delivered_id), mark it delivered.  A row
+# with neither does nothing: it pads the statement to a power of two rows,
+# so that few statements are prepared and cached (each row count is a
+# statement of its own; one for every count up to 256 took 98 MB).  TEMP
+# objects, made by the writer connection when it opens: nothing of them is
+# in the file.
+_BATCH_COLUMNS = (["audit_id"] + [name.strip() for name in _AUDIT_COLUMNS.split(",")]
+                  + ["relay_id", "original_id"]
+                  + ["queue_id", "queue_audit_id", "kind", "mail_from", "rcpt_to", "bounce_token", "notify",
+                     "notify_alias", "created_at", "next_attempt", "updated_at", "claimed_by", "claimed_until"]
+                  + ["parties_version", "delivered_id"])
+_BATCH_ROW = "(" + ", ".join(["?"] * len(_BATCH_COLUMNS)) + ")"
+_UPDATED_AT, _DELIVERED_ID = _BATCH_COLUMNS.index("updated_at"), _BATCH_COLUMNS.index("delivered_id")
+_CURRENT_PARTIES = "coalesce((SELECT version FROM parties_version), 0)"  # (as _parties_version reads it)
+_BATCH_SCHEMA = (
+    f"CREATE TEMP VIEW batch_row ({', '.join(_BATCH_COLUMNS)}) AS "
+    f"SELECT {', '.join(['NULL'] * len(_BATCH_COLUMNS))} WHERE 0",
+    "CREATE TEMP TRIGGER batch_row_accepted INSTEAD OF INSERT ON batch_row WHEN NEW.audit_id IS NOT NULL BEGIN "
+    "SELECT RAISE(ABORT, 'the parties changed') "
+    f"WHERE NEW.parties_version IS NOT NULL AND NEW.parties_version IS NOT {_CURRENT_PARTIES}; "
+    f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES "
+    f"({', '.join('NEW.' + name for name in _BATCH_COLUMNS[:16])}); "
+    "INSERT INTO message_ids (relay_id, original_id, order_id, direction, audit_id) "
+    "SELECT NEW.relay_id, NEW.original_id, NEW.order_id, NEW.direction, NEW.audit_id "
+    "WHERE NEW.relay_id IS NOT NULL; "
+    f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES "
+    "(NEW.queue_id, NEW.queue_audit_id, NEW.kind, NEW.mail_from, NEW.rcpt_to, NEW.bounce_token, NEW.notify, "
+    "NEW.notify_alias, 'queued', NEW.created_at, NEW.next_attempt, NEW.updated_at, NEW.claimed_by, "
+    "NEW.claimed_until); "
+    "END",
+    "CREATE TEMP TRIGGER batch_row_delivered INSTEAD OF INSERT ON batch_row WHEN NEW.delivered_id IS NOT NULL "
+    f"BEGIN UPDATE queue SET {_DELIVERED.replace('?', 'NEW.updated_at')} WHERE id = NEW.delivered_id; END")
+_BATCH_START = (f"SELECT {_CURRENT_PARTIES}, (SELECT coalesce(max(id), 0) FROM audit), "
+                "(SELECT coalesce(max(id), 0) FROM queue)")
+# At most this many rows in the one statement (33 values a row: SQLite
+# binds up to 32,766); a larger batch runs the long way.
+ROWS_PER_STATEMENT = 128
+
+
+def _commit_in_one_statement(db: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) \
+        -> tuple[list[tuple[Any, Exception | None]], int] | None:
+    """A batch made only of accepted messages and delivered entries (what a
+    busy relay commits), written and committed by one INSERT into the
+    batch_row view, which is its own transaction: the outcomes and the
+    parties' version; or None for a batch this does not take, or one with a
+    refusal in it (nothing is written then; _commit_in_turn runs it and
+    finds which item to refuse).
+
+    Why one statement: the writer thread lets go of the GIL for every
+    statement it runs and must take it back from the event loop, which under
+    load keeps it until the interpreter's switch interval (5 ms) makes it let
+    go.  BEGIN, the reads, three INSERTs, an UPDATE and COMMIT each paid that
+    while the batch held the write turn that the other worker process
+    waited for.  Here the ids and the parties' version are read by one
+    statement, and the INSERT does the rest.  Between the two no other relay
+    process writes (the write turn is held); should another program write,
+    the INSERT fails on an id taken or a version changed, and the batch runs
+    the long way."""
+    if not works or any(type(work) is not _Delivered and (type(work) is not _Acceptance or work.large)
+                        for work in works):
+        return None
+    if sum(len(work.entry_ids) if type(work) is _Delivered else 1 for work in works) > ROWS_PER_STATEMENT:
+        return None
+    version, audit_base, queue_base = db.execute(_BATCH_START).fetchone()
+    if any(type(work) is _Acceptance and work.parties_version not in (None, version) for work in works):
+        return None
+    now = time.time()
+    values: list[Any] = []
+    outcomes: list[tuple[Any, Exception | None]] = []
+    rows = 0
+    for work in works:
+        if type(work) is _Delivered:
+            row = [None] * len(_BATCH_COLUMNS)
+            row[_UPDATED_AT] = now
+            for entry_id in work.entry_ids:
+                row[_DELIVERED_ID] = entry_id
+                values += row
+            rows += len(work.entry_ids)
+            outcomes.append((None, None))
+            continue
+        audit_base, queue_base, rows = audit_base + 1, queue_base + 1, rows + 1
+        values += (audit_base, *work.audit_values)
+        values += work.message_id[:2] if work.message_id is not None else (None, None)
+        values += work.queue_row(queue_base, audit_base, now)
+        values += (work.parties_version, None)
+        outcomes.append(((audit_base, work.entry(queue_base, audit_base, now)), None))
+    if rows:
+        padded = 1 << (rows - 1).bit_length()
+        values += [None] * (len(_BATCH_COLUMNS) * (padded - rows))
+        try:
+            db.execute("INSERT INTO batch_row VALUES " + ", ".join([_BATCH_ROW] * padded), values)
+        except sqlite3.IntegrityError:
+            return None
+    return outcomes, version
 
 
 def _drain(pending: collections.deque) -> list:

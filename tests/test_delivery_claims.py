@@ -11,6 +11,7 @@ import os
 import socket
 import time
 
+import pytest
 from aiosmtpd.controller import Controller
 
 from relay.config import settings_from_dict
@@ -142,8 +143,11 @@ def _accepted(listener: socket.socket, held: list[socket.socket]) -> bool:
 
 # ----------------------------------------- deliveries recorded together
 
-async def test_deliveries_are_recorded_together_and_their_claims_end(tmp_path, monkeypatch):
-    monkeypatch.setattr("relay.store.DELIVERED_AT_ONCE", 2)  # three statements for five entries
+@pytest.mark.parametrize("way", ["one_statement", "long_way"])
+async def test_deliveries_are_recorded_together_and_their_claims_end(tmp_path, monkeypatch, way):
+    if way == "long_way":  # (relay.store._commit_in_one_statement takes no more rows than this)
+        monkeypatch.setattr("relay.store.ROWS_PER_STATEMENT", 4)
+    monkeypatch.setattr("relay.store.DELIVERED_AT_ONCE", 2)  # the long way: three statements for five entries
     store, ids = await _store_with_notices(tmp_path, 5)
     try:
         await store.queue_claim("a", time.time())
