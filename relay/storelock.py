@@ -23,6 +23,14 @@ SMTP layer answers with 451.  The flock only orders the relay's own writers
 still guards the file against every other writer (sqlite3, a backup), and the
 busy timeout still applies to them.
 
+Taking the turn as soon as it is free is not enough once a process commits
+batch after batch: the writer that lets the turn go wants it again at once,
+and takes it again before the other process's next try (bench/phases.py).
+So a waiter first takes a second flock, on `<store>-writer.queue`: the right
+to wait.  It holds that one until it has the turn, and a writer coming back
+for the turn must take it too, so it waits behind the one already waiting:
+two busy processes take turns about.
+
 The lock file also carries one number: the parties' version (relay.store,
 relay.aliascache), written by the writer whose commit changed it, after the
 COMMIT and before the turn is let go.  Every relay process reads it before it
@@ -54,11 +62,12 @@ class WriteTurn:
     def __init__(self, store_path: str):
         self.path = f"{store_path}-writer.lock"
         store = os.stat(store_path)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, store.st_mode & 0o666)
-        if os.geteuid() == 0:
-            # As SQLite does for its -wal and -shm files: a CLI command run as
-            # root must not leave a file the service's user cannot open.
-            os.fchown(self._fd, store.st_uid, store.st_gid)
+        self._fd = _open_beside(self.path, store)
+        try:
+            self._queue_fd = _open_beside(f"{store_path}-writer.queue", store)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._note: mmap.mmap | None = None  # mapped at the first read of the parties' version
 
     @contextlib.contextmanager
@@ -72,20 +81,14 @@ class WriteTurn:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def _take(self, timeout: float) -> None:
-        pause, deadline = FIRST_PAUSE, None
-        while True:
-            try:
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return
-            except BlockingIOError:
-                now = time.monotonic()
-                if deadline is None:
-                    deadline = now + timeout
-                elif now >= deadline:
-                    raise sqlite3.OperationalError(
-                        "database is locked (another relay process kept its write turn)") from None
-                time.sleep(pause)
-                pause = min(pause * 2, LONGEST_PAUSE)
+        """The right to wait first (the queue file), then the turn; the
+        timeout counts from the first lock found held."""
+        deadline: list[float] = []
+        _lock(self._queue_fd, timeout, deadline)
+        try:
+            _lock(self._fd, timeout, deadline)
+        finally:
+            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
 
     def note_parties_version(self, version: int) -> None:
         """Tell every relay process the parties' version a commit made (in the turn)."""
@@ -107,7 +110,37 @@ class WriteTurn:
             self._note = None
         if self._fd >= 0:
             os.close(self._fd)
-            self._fd = -1
+            os.close(self._queue_fd)
+            self._fd = self._queue_fd = -1
+
+
+def _open_beside(path: str, store: os.stat_result) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, store.st_mode & 0o666)
+    if os.geteuid() == 0:
+        # As SQLite does for its -wal and -shm files: a CLI command run as
+        # root must not leave a file the service's user cannot open.
+        os.fchown(fd, store.st_uid, store.st_gid)
+    return fd
+
+
+def _lock(fd: int, timeout: float, deadline: list[float]) -> None:
+    """flock `fd`, trying again after a pause while another process holds
+    it; sqlite3.OperationalError once `timeout` has passed since `deadline`
+    was first set (by this call or an earlier one of the same take)."""
+    pause = FIRST_PAUSE
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            now = time.monotonic()
+            if not deadline:
+                deadline.append(now + timeout)
+            elif now >= deadline[0]:
+                raise sqlite3.OperationalError(
+                    "database is locked (another relay process kept its write turn)") from None
+            time.sleep(pause)
+            pause = min(pause * 2, LONGEST_PAUSE)
 
 
 @contextlib.contextmanager
