@@ -377,7 +377,7 @@ class Pipeline:
             fingerprint=text_fingerprint(MessageView(subject, tuple(result.parts))),
             inbound=content, outbound=result.data)
         original_ids = message_ids_in(message.get("Message-ID"))
-        token = tokens.token_hex(12)
+        token = tokens.ordered_token_hex(12)
         rcpt_to = self._parties(recipient).recipient_addresses[0]
         audit_id, entry = await self.store.accept_message(
             record, relay_id, original_ids[0] if original_ids else None,

@@ -1047,7 +1047,7 @@ def normalize_line_endings(data: bytes | Chunks) -> bytes | Chunks:
 
 
 def new_message_id(hostname: str) -> str:
-    return f"<{tokens.token_hex(16)}@{hostname}>"
+    return f"<{tokens.ordered_token_hex(16)}@{hostname}>"
 
 
 MSGID_TOKEN = re.compile(r"<[^<>\s]{1,250}>")

@@ -1,5 +1,6 @@
 """Random tokens for each message (Message-IDs, bounce tokens, MIME
-boundaries), drawn from a pool of the kernel's randomness.
+boundaries), drawn from a pool of the kernel's randomness; those the store
+indexes begin with the time (ordered_token_hex).
 
 `secrets.token_hex` asks the kernel (getrandom) for every token, and the
 call lets go of the GIL: with the store's writer thread waiting for it, the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 POOL_SIZE = 4096  # bytes fetched at once: about 250 messages' tokens
 
@@ -32,6 +34,17 @@ def token_hex(nbytes: int) -> str:
         start = _used
         _used += nbytes
         return _pool[start:_used].hex()
+
+
+def ordered_token_hex(nbytes: int) -> str:
+    """The time in microseconds (14 hex digits), then `nbytes` random bytes
+    as hex: a token for a column the store indexes (a relay Message-ID, a
+    bounce token).  A random key lands on a random page of its index, and
+    every page a commit changes is written whole to the WAL: 6.1 pages a
+    message with random keys, 4.0 with keys in time order (30,000 messages
+    stored, batches of 10).  The random part alone is what makes the token
+    unguessable; the prefix tells no more than the message's Date."""
+    return f"{time.time_ns() // 1000:014x}{token_hex(nbytes)}"
 
 
 def _forget_in_child() -> None:

@@ -6,6 +6,7 @@ import shutil
 import smtplib
 import sqlite3
 import subprocess
+import time
 from email import message_from_bytes, policy
 
 import pytest
@@ -220,6 +221,8 @@ async def test_bounce_to_the_envelope_sender_is_recorded_not_forwarded(scenario)
     (first,) = await relay.sink.wait_for_count(1)
     bounce_address = first.mail_from
     assert bounce_address.startswith("bounces-") and bounce_address.endswith("@relay.example")
+    token = bounce_address[len("bounces-"):-len("@relay.example")]
+    assert len(token) == 14 + 24 and abs(int(token[:14], 16) / 1e6 - time.time()) < 600  # time order, 96 random bits
     dsn = (f"From: MAILER-DAEMON@mx.buyer.test\r\nTo: {bounce_address}\r\nSubject: Undelivered Mail\r\n"
            "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n"
            "--R\r\nContent-Type: text/plain\r\n\r\n<bob@buyer.test>: mailbox full\r\n"

@@ -47,3 +47,25 @@ def test_a_forked_child_does_not_hand_out_its_parents_next_bytes():
     os.waitpid(pid, 0)
     assert len(child_token) == 16
     assert child_token != tokens.token_hex(8)
+
+
+def test_tokens_the_store_indexes_begin_with_the_time_and_keep_their_random_part():
+    """relay Message-IDs and bounce tokens: in time order (new index entries
+    land on the same pages), with as many random bytes as asked for."""
+    import time
+
+    before = time.time_ns() // 1000
+    drawn = [tokens.ordered_token_hex(12) for _ in range(2000)]
+    after = time.time_ns() // 1000
+    assert all(len(t) == 14 + 24 and int(t, 16) >= 0 for t in drawn)
+    stamps = [int(t[:14], 16) for t in drawn]
+    assert stamps == sorted(stamps) and before <= stamps[0] and stamps[-1] <= after
+    assert len({t[14:] for t in drawn}) == len(drawn)  # the random part alone tells them apart
+
+
+def test_the_relay_message_id_is_time_ordered():
+    from relay.rewrite import new_message_id
+
+    first, second = new_message_id("mx.relay.example"), new_message_id("mx.relay.example")
+    assert first.endswith("@mx.relay.example>") and len(first) == len("<@mx.relay.example>") + 14 + 32
+    assert first[1:15] <= second[1:15]
