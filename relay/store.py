@@ -316,8 +316,7 @@ class Store:
         rollback-journal mode, SQLite answered one of them "database is
         locked" at once when it switched to WAL, without waiting for the
         busy timeout."""
-        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False,
-                               cached_statements=WRITER_CACHED_STATEMENTS)
+        conn = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout, check_same_thread=False)
         try:
             conn.row_factory = sqlite3.Row
             with turn_at(path, busy_timeout):  # (the file exists once connect() returns)
@@ -912,7 +911,6 @@ _AUDIT_COLUMNS = ("received_at, order_id, direction, sender, recipient, verdict,
                   "unsolicited, to_opted_out, subject, fingerprint, inbound, outbound")
 # The id and every column but the two copies, bound as they are (_insert_audit adds the copies' slots).
 _AUDIT_PLAIN_SLOTS = ["?"] * (1 + len(_AUDIT_COLUMNS.split(",")) - 2)
-_AUDIT_ROW = "(" + ", ".join(_AUDIT_PLAIN_SLOTS + ["?", "?"]) + ")"
 
 
 def _audit_values(r: AuditRecord, copies: dict[str, Any], large: dict[str, Any]) -> tuple:
@@ -950,17 +948,16 @@ class _Acceptance:
     mapping and its queue entry, committed together.
 
     Their values are made when the message is handed in, in the event loop;
-    the writer thread gives them ids and inserts them.  A batch of them goes
-    in as one statement (_commit_in_one_statement); on the long way (a batch
-    with other work in it, or a refusal), the acceptances that follow one
-    another go in together (_insert_acceptances): one INSERT per table for
-    all of them, not three statements each.  Every
-    statement lets go of the GIL and must take it back from the busy event
-    loop, and the batch holds the write turn that the other worker process
-    waits for (bench/phases.py at 50 sessions: the turn was held 1.75 ms at
-    the median and 15 ms at the 99th percentile, of which the COMMIT took
-    1.1 and 6.6).  Called alone (a batch's items each in its own savepoint,
-    after a refusal), it inserts its own rows."""
+    the writer thread gives them ids and writes them as rows of the
+    batch_row view, whose trigger is the one place that says how an
+    accepted message is stored.  A batch of them goes in as one statement
+    (_commit_in_one_statement); on the long way (a batch with other work in
+    it, or a refusal), the acceptances that follow one another go in
+    together (_insert_acceptances).  Every statement lets go of the GIL and
+    must take it back from the busy event loop, and the batch holds the
+    write turn that the other worker process waits for.  Called alone (a
+    batch's items each in its own savepoint, after a refusal), it inserts
+    its own rows."""
 
     __slots__ = ("record", "large", "audit_values", "message_id", "queue", "parties_version")
 
@@ -969,8 +966,8 @@ class _Acceptance:
                  claim_owner: str | None, parties_version: int | None):
         self.record = record
         copies = _copies(record)
-        self.large = _large(copies)  # (filled in by blob writes: never in a multi-row INSERT)
-        self.audit_values = None if self.large else _audit_values(record, copies, {})
+        self.large = _large(copies)  # (its audit row is written apart, its copies by blob writes)
+        self.audit_values = _audit_values(record, dict.fromkeys(copies) if self.large else copies, {})
         self.message_id = (relay_id, original_id, record.order_id, record.direction) \
             if record.order_id is not None else None
         self.queue = (kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, claim_owner)
@@ -979,11 +976,13 @@ class _Acceptance:
     def __call__(self, db: sqlite3.Connection) -> tuple[int, QueueEntry]:
         return _insert_acceptances(db, [self])[0]
 
-    def queue_row(self, queue_id: int, audit_id: int, now: float) -> tuple:
-        """The queue entry's values in _QUEUE_COLUMNS order."""
+    def batch_row(self, audit_id: int, queue_id: int, now: float) -> tuple:
+        """Its values in _BATCH_COLUMNS order."""
         kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, claim_owner = self.queue
-        return (queue_id, audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias,
-                now, now, now, claim_owner, now + CLAIM_LEASE if claim_owner else 0.0)
+        relay_id, original_id = self.message_id[:2] if self.message_id is not None else (None, None)
+        return (audit_id, *self.audit_values, 1 if self.large else None, relay_id, original_id,
+                queue_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias,
+                now, claim_owner, now + CLAIM_LEASE if claim_owner else 0.0, self.parties_version, None)
 
     def entry(self, queue_id: int, audit_id: int, now: float) -> QueueEntry:
         kind, mail_from, rcpt_to, _, notify, notify_alias, _ = self.queue
@@ -991,18 +990,9 @@ class _Acceptance:
                           notify_alias)
 
 
-# At most this many rows in one INSERT (16 values a row: far below SQLite's
-# 32766 bound variables); every row count used is a statement of its own in
-# the connection's statement cache (WRITER_CACHED_STATEMENTS).
-ROWS_PER_INSERT = 64
-WRITER_CACHED_STATEMENTS = 512
-_QUEUE_COLUMNS = ("id, audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, state, created_at, "
-                  "next_attempt, updated_at, claimed_by, claimed_until")
-_QUEUE_ROW = "(?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?, ?)"
-
-
 def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> list[tuple[int, QueueEntry]]:
-    """Insert the rows of `items`, in order; their (audit id, queue entry).
+    """Insert the rows of `items`, in order, in the open transaction; their
+    (audit id, queue entry).
 
     StaleParties (the caller rolls back) if the parties changed after the
     alias lookup one of them was judged on.  The ids are the ones SQLite
@@ -1011,31 +1001,18 @@ def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> lis
     the write lock, so nobody else inserts meanwhile."""
     for version in {item.parties_version for item in items}:  # (one version read for a whole batch, most often)
         _confirm_parties(db, version)
-    audit_base = db.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0]
-    queue_base = db.execute("SELECT coalesce(max(id), 0) FROM queue").fetchone()[0]
+    _, audit_base, queue_base = db.execute(_BATCH_START).fetchone()
     now = time.time()
-    audit_rows, message_id_rows, queue_rows, results = [], [], [], []
     for n, item in enumerate(items, 1):
-        audit_id, queue_id = audit_base + n, queue_base + n
         if item.large:
-            _insert_audit(db, item.record, audit_id)
-        else:
-            audit_rows.append((audit_id, *item.audit_values))
-        if item.message_id is not None:
-            message_id_rows.append((*item.message_id, audit_id))
-        queue_rows.append(item.queue_row(queue_id, audit_id, now))
-        results.append((audit_id, item.entry(queue_id, audit_id, now)))
-    _insert_rows(db, f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES ", _AUDIT_ROW, audit_rows)
-    _insert_rows(db, "INSERT INTO message_ids (relay_id, original_id, order_id, direction, audit_id) VALUES ",
-                 "(?, ?, ?, ?, ?)", message_id_rows)
-    _insert_rows(db, f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES ", _QUEUE_ROW, queue_rows)
+            _insert_audit(db, item.record, audit_base + n)
+    results = []
+    for start in range(0, len(items), ROWS_PER_STATEMENT):
+        values, rows, outcomes = _batch_values(items[start:start + ROWS_PER_STATEMENT], audit_base + start,
+                                               queue_base + start, now)
+        _insert_batch_rows(db, values, rows)
+        results += [result for result, _ in outcomes]
     return results
-
-
-def _insert_rows(db: sqlite3.Connection, head: str, row: str, rows: list[tuple]) -> None:
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start:start + ROWS_PER_INSERT]
-        db.execute(head + ", ".join([row] * len(chunk)), [value for values in chunk for value in values])
 
 
 class _Delivered:
@@ -1057,23 +1034,27 @@ class _Delivered:
 
 _DELIVERED = f"state = 'delivered', last_error = NULL, attempts = attempts + 1, updated_at = ?, {_UNCLAIM}"
 
-# A whole batch of accepted messages and delivered entries as one statement
-# (_commit_in_one_statement): rows inserted into this view, which holds none.
-# Its triggers do the work: for an accepted message (audit_id), check the
-# parties' version and write its audit row, Message-ID mapping and queue
-# entry; for a delivered entry (delivered_id), mark it delivered.  A row
-# with neither does nothing: it pads the statement to a power of two rows,
-# so that few statements are prepared and cached (each row count is a
-# statement of its own; one for every count up to 256 took 98 MB).  TEMP
-# objects, made by the writer connection when it opens: nothing of them is
-# in the file.
-_BATCH_COLUMNS = (["audit_id"] + [name.strip() for name in _AUDIT_COLUMNS.split(",")]
-                  + ["relay_id", "original_id"]
-                  + ["queue_id", "queue_audit_id", "kind", "mail_from", "rcpt_to", "bounce_token", "notify",
-                     "notify_alias", "created_at", "next_attempt", "updated_at", "claimed_by", "claimed_until"]
+# Accepted messages and delivered entries as rows inserted into this view,
+# which holds none: how both are written, for the one statement a busy
+# relay's batch is (_commit_in_one_statement) and on the long way
+# (_insert_acceptances).  Its triggers do the work: for an accepted message
+# (audit_id), check the parties' version and write its audit row (unless it
+# was written apart: audit_written, a large message), its Message-ID mapping
+# and its queue entry; for a delivered entry (delivered_id), mark it
+# delivered.  A row with neither does nothing: it pads a statement to a
+# power of two rows, so that few statements are prepared and cached (each
+# row count is a statement of its own; one for every count up to 256 took
+# 98 MB).  TEMP objects, made by the writer connection when it opens:
+# nothing of them is in the file.
+_QUEUE_COLUMNS = ("id, audit_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, state, created_at, "
+                  "next_attempt, updated_at, claimed_by, claimed_until")
+_AUDIT_NAMES = [name.strip() for name in _AUDIT_COLUMNS.split(",")]
+_BATCH_COLUMNS = (["audit_id"] + _AUDIT_NAMES + ["audit_written", "relay_id", "original_id"]
+                  + ["queue_id", "kind", "mail_from", "rcpt_to", "bounce_token", "notify", "notify_alias", "now",
+                     "claimed_by", "claimed_until"]
                   + ["parties_version", "delivered_id"])
 _BATCH_ROW = "(" + ", ".join(["?"] * len(_BATCH_COLUMNS)) + ")"
-_UPDATED_AT, _DELIVERED_ID = _BATCH_COLUMNS.index("updated_at"), _BATCH_COLUMNS.index("delivered_id")
+_NOW, _DELIVERED_ID = _BATCH_COLUMNS.index("now"), _BATCH_COLUMNS.index("delivered_id")
 _CURRENT_PARTIES = "coalesce((SELECT version FROM parties_version), 0)"  # (as _parties_version reads it)
 _BATCH_SCHEMA = (
     f"CREATE TEMP VIEW batch_row ({', '.join(_BATCH_COLUMNS)}) AS "
@@ -1081,23 +1062,54 @@ _BATCH_SCHEMA = (
     "CREATE TEMP TRIGGER batch_row_accepted INSTEAD OF INSERT ON batch_row WHEN NEW.audit_id IS NOT NULL BEGIN "
     "SELECT RAISE(ABORT, 'the parties changed') "
     f"WHERE NEW.parties_version IS NOT NULL AND NEW.parties_version IS NOT {_CURRENT_PARTIES}; "
-    f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) VALUES "
-    f"({', '.join('NEW.' + name for name in _BATCH_COLUMNS[:16])}); "
+    f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) "
+    f"SELECT NEW.audit_id, {', '.join('NEW.' + name for name in _AUDIT_NAMES)} WHERE NEW.audit_written IS NULL; "
     "INSERT INTO message_ids (relay_id, original_id, order_id, direction, audit_id) "
     "SELECT NEW.relay_id, NEW.original_id, NEW.order_id, NEW.direction, NEW.audit_id "
     "WHERE NEW.relay_id IS NOT NULL; "
     f"INSERT INTO queue ({_QUEUE_COLUMNS}) VALUES "
-    "(NEW.queue_id, NEW.queue_audit_id, NEW.kind, NEW.mail_from, NEW.rcpt_to, NEW.bounce_token, NEW.notify, "
-    "NEW.notify_alias, 'queued', NEW.created_at, NEW.next_attempt, NEW.updated_at, NEW.claimed_by, "
-    "NEW.claimed_until); "
+    "(NEW.queue_id, NEW.audit_id, NEW.kind, NEW.mail_from, NEW.rcpt_to, NEW.bounce_token, NEW.notify, "
+    "NEW.notify_alias, 'queued', NEW.now, NEW.now, NEW.now, NEW.claimed_by, NEW.claimed_until); "
     "END",
     "CREATE TEMP TRIGGER batch_row_delivered INSTEAD OF INSERT ON batch_row WHEN NEW.delivered_id IS NOT NULL "
-    f"BEGIN UPDATE queue SET {_DELIVERED.replace('?', 'NEW.updated_at')} WHERE id = NEW.delivered_id; END")
+    f"BEGIN UPDATE queue SET {_DELIVERED.replace('?', 'NEW.now')} WHERE id = NEW.delivered_id; END")
 _BATCH_START = (f"SELECT {_CURRENT_PARTIES}, (SELECT coalesce(max(id), 0) FROM audit), "
                 "(SELECT coalesce(max(id), 0) FROM queue)")
-# At most this many rows in the one statement (33 values a row: SQLite
-# binds up to 32,766); a larger batch runs the long way.
+# At most this many rows in one statement (31 values a row: SQLite binds up
+# to 32,766); a larger batch runs the long way, in statements of this many.
 ROWS_PER_STATEMENT = 128
+
+
+def _batch_values(works: list, audit_base: int, queue_base: int, now: float) \
+        -> tuple[list[Any], int, list[tuple[Any, Exception | None]]]:
+    """The batch_row values of `works` (acceptances and delivered entries),
+    the acceptances numbered from the bases on; how many rows, and each
+    work's outcome."""
+    values: list[Any] = []
+    outcomes: list[tuple[Any, Exception | None]] = []
+    rows = 0
+    for work in works:
+        if type(work) is _Delivered:
+            row = [None] * len(_BATCH_COLUMNS)
+            row[_NOW] = now
+            for entry_id in work.entry_ids:
+                row[_DELIVERED_ID] = entry_id
+                values += row
+            rows += len(work.entry_ids)
+            outcomes.append((None, None))
+            continue
+        audit_base, queue_base, rows = audit_base + 1, queue_base + 1, rows + 1
+        values += work.batch_row(audit_base, queue_base, now)
+        outcomes.append(((audit_base, work.entry(queue_base, audit_base, now)), None))
+    return values, rows, outcomes
+
+
+def _insert_batch_rows(db: sqlite3.Connection, values: list[Any], rows: int) -> None:
+    """One INSERT into batch_row, padded to a power of two rows."""
+    if rows:
+        padded = 1 << (rows - 1).bit_length()
+        db.execute("INSERT INTO batch_row VALUES " + ", ".join([_BATCH_ROW] * padded),
+                   values + [None] * (len(_BATCH_COLUMNS) * (padded - rows)))
 
 
 def _commit_in_one_statement(db: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) \
@@ -1127,33 +1139,11 @@ def _commit_in_one_statement(db: sqlite3.Connection, works: list[Callable[[sqlit
     version, audit_base, queue_base = db.execute(_BATCH_START).fetchone()
     if any(type(work) is _Acceptance and work.parties_version not in (None, version) for work in works):
         return None
-    now = time.time()
-    values: list[Any] = []
-    outcomes: list[tuple[Any, Exception | None]] = []
-    rows = 0
-    for work in works:
-        if type(work) is _Delivered:
-            row = [None] * len(_BATCH_COLUMNS)
-            row[_UPDATED_AT] = now
-            for entry_id in work.entry_ids:
-                row[_DELIVERED_ID] = entry_id
-                values += row
-            rows += len(work.entry_ids)
-            outcomes.append((None, None))
-            continue
-        audit_base, queue_base, rows = audit_base + 1, queue_base + 1, rows + 1
-        values += (audit_base, *work.audit_values)
-        values += work.message_id[:2] if work.message_id is not None else (None, None)
-        values += work.queue_row(queue_base, audit_base, now)
-        values += (work.parties_version, None)
-        outcomes.append(((audit_base, work.entry(queue_base, audit_base, now)), None))
-    if rows:
-        padded = 1 << (rows - 1).bit_length()
-        values += [None] * (len(_BATCH_COLUMNS) * (padded - rows))
-        try:
-            db.execute("INSERT INTO batch_row VALUES " + ", ".join([_BATCH_ROW] * padded), values)
-        except sqlite3.IntegrityError:
-            return None
+    values, rows, outcomes = _batch_values(works, audit_base, queue_base, time.time())
+    try:
+        _insert_batch_rows(db, values, rows)
+    except sqlite3.IntegrityError:
+        return None
     return outcomes, version
 
 

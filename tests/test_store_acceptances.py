@@ -55,7 +55,7 @@ async def _shop(store: Store):
 
 async def test_a_batch_of_acceptances_writes_what_one_at_a_time_writes(tmp_path):
     together, alone = str(tmp_path / "together.sqlite3"), str(tmp_path / "alone.sqlite3")
-    count = store_module.ROWS_PER_INSERT * 2 + 5  # more than one INSERT's worth of rows
+    count = store_module.ROWS_PER_STATEMENT * 2 + 5  # more than one statement's worth of rows
     store = await Store.open(together)
     try:
         await _shop(store)

@@ -157,6 +157,22 @@ async def test_a_turn_kept_past_the_busy_timeout_is_a_storage_error_then_writes_
         assert await store.is_opted_out("ann@buyer.test")
 
 
+async def test_a_queue_for_the_turn_kept_past_the_busy_timeout_is_a_storage_error_too(tmp_path):
+    """The right to wait for the turn (relay.storelock, `<store>-writer.queue`)
+    kept by another process counts against the same busy timeout: 451, not a hang."""
+    path = str(tmp_path / "relay.sqlite3")
+    async with _opened(path, busy_timeout=0.3) as store:
+        held = os.open(f"{path}-writer.queue", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            with pytest.raises(StorageError, match="locked"):
+                await store.optout_add("ann@buyer.test")
+        finally:
+            os.close(held)
+        await store.optout_add("ann@buyer.test")
+        assert await store.is_opted_out("ann@buyer.test")
+
+
 async def test_the_start_up_release_of_claims_takes_the_turn_like_any_writer(tmp_path, monkeypatch):
     """Its UPDATE is a write like any commit: another relay process that took
     the turn after the store's set-up makes it wait (and here give up)."""
