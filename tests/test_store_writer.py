@@ -279,6 +279,11 @@ async def test_work_that_can_wait_shares_the_commit_of_the_next_urgent_work(tmp_
         await store.optout_add("earlier@buyer.test")  # the writer is now waiting for work, as in a running relay
         before = store.commits
         lazy = asyncio.ensure_future(store.transact(_optout("lazy@buyer.test"), can_wait=True))
+        # The lazy work is handed in and waits for company before the urgent work comes.  (Without
+        # this step the urgent work was handed in first, and the writer thread, which runs by itself
+        # since be4a2fb, could take it alone before the lazy task ran: 2 failures in 10.)
+        await asyncio.sleep(0)
+        assert store._lazy_wake is not None
         await store.optout_add("urgent@buyer.test")
         await lazy
         assert store.commits == before + 1
