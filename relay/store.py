@@ -168,7 +168,30 @@ MIGRATIONS: list[str] = [
         for table, events in (("sellers", ("UPDATE", "DELETE")), ("seller_emails", ("INSERT", "UPDATE", "DELETE")),
                               ("orders", ("UPDATE", "DELETE")))
         for event in events),
+    # 5: what the filters ask about an order (ORDER_FACTS) answered from one
+    # index: before, each of the order's seller messages was also a read of
+    # its audit row, a page of a file that grows to gigabytes, so a message
+    # cost more the longer its conversation and the larger the store.  The
+    # index starts with the old one's columns and replaces it.  Building it
+    # reads the audit table once: about 1 s a million rows with the file in
+    # memory, 10 s from disk (measured).
+    """
+    CREATE INDEX audit_order_facts ON audit(order_id, direction, verdict, unsolicited, fingerprint);
+    DROP INDEX audit_order;
+    """,
 ]
+
+
+# The facts Store.order_history gives the filters; every column it reads of
+# the audit table is in the audit_order_facts index (migration 5).
+ORDER_FACTS = (
+    "SELECT EXISTS(SELECT 1 FROM audit WHERE order_id = :o AND direction = 'buyer_to_seller' "
+    "              AND verdict = 'accepted') AS buyer_wrote, "
+    "(SELECT COUNT(*) FROM audit WHERE order_id = :o AND direction = 'seller_to_buyer' "
+    " AND verdict = 'accepted' AND unsolicited = 1) AS unsolicited, "
+    "(SELECT group_concat(fingerprint, ' ') FROM audit WHERE order_id = :o "
+    " AND direction = 'seller_to_buyer' AND verdict = 'accepted' AND fingerprint IS NOT NULL) AS prints, "
+    "EXISTS(SELECT 1 FROM optouts WHERE address = :b) AS opted_out")
 
 
 class StorageError(Exception):
@@ -649,16 +672,9 @@ class Store:
     # ------------------------------------------------- facts for the filters
 
     async def order_history(self, order_id: str, buyer: str) -> dict[str, Any]:
-        """What the over-messaging and opt-out rules need to know, in one query."""
-        row = await self._read_one(
-            "SELECT EXISTS(SELECT 1 FROM audit WHERE order_id = :o AND direction = 'buyer_to_seller' "
-            "              AND verdict = 'accepted') AS buyer_wrote, "
-            "(SELECT COUNT(*) FROM audit WHERE order_id = :o AND direction = 'seller_to_buyer' "
-            " AND verdict = 'accepted' AND unsolicited = 1) AS unsolicited, "
-            "(SELECT group_concat(fingerprint, ' ') FROM audit WHERE order_id = :o "
-            " AND direction = 'seller_to_buyer' AND verdict = 'accepted' AND fingerprint IS NOT NULL) AS prints, "
-            "EXISTS(SELECT 1 FROM optouts WHERE address = :b) AS opted_out",
-            {"o": order_id, "b": buyer})
+        """What the over-messaging, duplicate and opt-out rules need to know,
+        in one query that reads indexes only (ORDER_FACTS)."""
+        row = await self._read_one(ORDER_FACTS, {"o": order_id, "b": buyer})
         return {
             "buyer_has_written": bool(row["buyer_wrote"]),
             "unsolicited_sent": row["unsolicited"],
