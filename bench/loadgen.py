@@ -317,9 +317,13 @@ class OrderRef:
 
 
 def mixed_messages(orders: list[OrderRef], n: int, seed: int, bad_share: float = 0.05,
-                   buyer_share: float = 0.2, for_postfix: bool = False) -> list[Msg]:
-    """`n` distinct messages across `orders`: seller messages (at most 3 unsolicited per order, the
-    contract's default), buyer replies, and `bad_share` seller messages the content filters reject.
+                   buyer_share: float = 0.2, for_postfix: bool = False,
+                   seller_cap: int | None = 3) -> list[Msg]:
+    """`n` distinct messages across `orders`: seller messages (at most `seller_cap` per order: 3 is
+    the contract's default limit of unsolicited ones), buyer replies, and `bad_share` seller
+    messages the content filters reject.  `seller_cap=None` is for orders whose buyer has already
+    written (the store's history says so): the relay counts none of their seller messages as
+    unsolicited, so an order can take any number.
 
     With `for_postfix`, the same messages go to the real addresses (Postfix relays them as they are)."""
     rng = random.Random(seed)
@@ -340,7 +344,7 @@ def mixed_messages(orders: list[OrderRef], n: int, seed: int, bad_share: float =
             rcpt = o.seller_email if for_postfix else o.seller_alias
             out.append(Msg(o.buyer, rcpt, buyer_message(o.buyer, rcpt, 1500, len(out))))
         else:
-            if per_order_seller.get(o.order_id, 0) >= 3:
+            if seller_cap is not None and per_order_seller.get(o.order_id, 0) >= seller_cap:
                 continue
             per_order_seller[o.order_id] = per_order_seller.get(o.order_id, 0) + 1
             rcpt = o.buyer if for_postfix else o.buyer_alias
