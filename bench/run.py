@@ -684,25 +684,29 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not r["scenario"].startswith("scale-"):
             continue
         if r["scenario"].startswith("scale-1k "):
-            r["vs_1k"] = {"accepted_per_s": 1.0, "delivered_per_s": 1.0, "cpu_per_msg": 1.0}
+            r["vs_1k"] = dict.fromkeys(_VS_1K, 1.0)
             continue
         load = r["scenario"].partition(" ")[2]
         base = next((b for b in out if b["scenario"] == f"scale-1k {load}"), None)
-        pairs = pair_runs.get(r["scenario"], [])
+        pairs = [_vs_1k(big, small) for big, small in pair_runs.get(r["scenario"], [])]
         if pairs:
-            ratios = {m: [round(big[m] / small[m], 3) for big, small in pairs if big.get(m) and small.get(m)]
-                      for m in ("accepted_per_s", "delivered_per_s")}
-            ratios["cpu_per_msg"] = [round(small["cpu_ms_per_msg"] / big["cpu_ms_per_msg"], 3)
-                                     for big, small in pairs
-                                     if big.get("cpu_ms_per_msg") and small.get("cpu_ms_per_msg")]
+            ratios = {m: [round(pair[m], 3) for pair in pairs if m in pair] for m in _VS_1K}
             r["vs_1k_pairs"] = ratios
             r["vs_1k"] = {m: round(_median(v), 2) for m, v in ratios.items() if v}
         elif base:  # results from before the runs named their pair
-            a, b = r["relay"], base["relay"]
-            r["vs_1k"] = {m: round(a[m] / b[m], 2) for m in ("accepted_per_s", "delivered_per_s")
-                          if a.get(m) and b.get(m)}
-            if a.get("cpu_ms_per_msg") and b.get("cpu_ms_per_msg"):  # cost: >1 is cheaper than 1k
-                r["vs_1k"]["cpu_per_msg"] = round(b["cpu_ms_per_msg"] / a["cpu_ms_per_msg"], 2)
+            r["vs_1k"] = {m: round(v, 2) for m, v in _vs_1k(r["relay"], base["relay"]).items()}
+    return out
+
+
+_VS_1K = ("accepted_per_s", "delivered_per_s", "cpu_per_msg")
+
+
+def _vs_1k(big: dict[str, Any], small: dict[str, Any]) -> dict[str, float]:
+    """A big store's figures over the 1k store's (runs, or medians of runs): messages a second,
+    and the cost, the 1k store's CPU a message over the big one's (>1: cheaper than on 1k)."""
+    out = {m: big[m] / small[m] for m in _VS_1K[:2] if big.get(m) and small.get(m)}
+    if big.get("cpu_ms_per_msg") and small.get("cpu_ms_per_msg"):
+        out["cpu_per_msg"] = small["cpu_ms_per_msg"] / big["cpu_ms_per_msg"]
     return out
 
 

@@ -1015,20 +1015,31 @@ def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> lis
     would give (one more than the largest in the table, row after row),
     given here so that each item knows its audit row's id; the batch holds
     the write lock, so nobody else inserts meanwhile."""
-    for version in {item.parties_version for item in items}:  # (one version read for a whole batch, most often)
-        _confirm_parties(db, version)
-    _, audit_base, queue_base = db.execute(_BATCH_START).fetchone()
+    current, audit_base, queue_base = db.execute(_BATCH_START).fetchone()
+    stale = _stale_version(items, current)
+    if stale is not None:
+        raise StaleParties(f"the sellers or orders changed after version {stale}")
     now = time.time()
     for n, item in enumerate(items, 1):
         if item.large:
             _insert_audit(db, item.record, audit_base + n)
     results = []
     for start in range(0, len(items), ROWS_PER_STATEMENT):
-        values, rows, outcomes = _batch_values(items[start:start + ROWS_PER_STATEMENT], audit_base + start,
-                                               queue_base + start, now)
-        _insert_batch_rows(db, values, rows)
+        values, outcomes = _batch_values(items[start:start + ROWS_PER_STATEMENT], audit_base + start,
+                                         queue_base + start, now)
+        _insert_batch_rows(db, values)
         results += [result for result, _ in outcomes]
     return results
+
+
+def _stale_version(works: list, current: int) -> int | None:
+    """The parties' version an accepted message in `works` was judged on, if
+    it is not `current` (the trigger of batch_row checks it again, in the
+    statement that writes)."""
+    for work in works:
+        if type(work) is _Acceptance and work.parties_version not in (None, current):
+            return work.parties_version
+    return None
 
 
 class _Delivered:
@@ -1097,13 +1108,11 @@ ROWS_PER_STATEMENT = 128
 
 
 def _batch_values(works: list, audit_base: int, queue_base: int, now: float) \
-        -> tuple[list[Any], int, list[tuple[Any, Exception | None]]]:
+        -> tuple[list[Any], list[tuple[Any, Exception | None]]]:
     """The batch_row values of `works` (acceptances and delivered entries),
-    the acceptances numbered from the bases on; how many rows, and each
-    work's outcome."""
+    the acceptances numbered from the bases on, and each work's outcome."""
     values: list[Any] = []
     outcomes: list[tuple[Any, Exception | None]] = []
-    rows = 0
     for work in works:
         if type(work) is _Delivered:
             row = [None] * len(_BATCH_COLUMNS)
@@ -1111,17 +1120,17 @@ def _batch_values(works: list, audit_base: int, queue_base: int, now: float) \
             for entry_id in work.entry_ids:
                 row[_DELIVERED_ID] = entry_id
                 values += row
-            rows += len(work.entry_ids)
             outcomes.append((None, None))
             continue
-        audit_base, queue_base, rows = audit_base + 1, queue_base + 1, rows + 1
+        audit_base, queue_base = audit_base + 1, queue_base + 1
         values += work.batch_row(audit_base, queue_base, now)
         outcomes.append(((audit_base, work.entry(queue_base, audit_base, now)), None))
-    return values, rows, outcomes
+    return values, outcomes
 
 
-def _insert_batch_rows(db: sqlite3.Connection, values: list[Any], rows: int) -> None:
+def _insert_batch_rows(db: sqlite3.Connection, values: list[Any]) -> None:
     """One INSERT into batch_row, padded to a power of two rows."""
+    rows = len(values) // len(_BATCH_COLUMNS)
     if rows:
         padded = 1 << (rows - 1).bit_length()
         db.execute("INSERT INTO batch_row VALUES " + ", ".join([_BATCH_ROW] * padded),
@@ -1147,17 +1156,22 @@ def _commit_in_one_statement(db: sqlite3.Connection, works: list[Callable[[sqlit
     process writes (the write turn is held); should another program write,
     the INSERT fails on an id taken or a version changed, and the batch runs
     the long way."""
-    if not works or any(type(work) is not _Delivered and (type(work) is not _Acceptance or work.large)
-                        for work in works):
-        return None
-    if sum(len(work.entry_ids) if type(work) is _Delivered else 1 for work in works) > ROWS_PER_STATEMENT:
+    rows = 0
+    for work in works:
+        if type(work) is _Delivered:
+            rows += len(work.entry_ids)
+        elif type(work) is _Acceptance and not work.large:
+            rows += 1
+        else:
+            return None
+    if not works or rows > ROWS_PER_STATEMENT:
         return None
     version, audit_base, queue_base = db.execute(_BATCH_START).fetchone()
-    if any(type(work) is _Acceptance and work.parties_version not in (None, version) for work in works):
+    if _stale_version(works, version) is not None:
         return None
-    values, rows, outcomes = _batch_values(works, audit_base, queue_base, time.time())
+    values, outcomes = _batch_values(works, audit_base, queue_base, time.time())
     try:
-        _insert_batch_rows(db, values, rows)
+        _insert_batch_rows(db, values)
     except sqlite3.IntegrityError:
         return None
     return outcomes, version
