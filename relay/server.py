@@ -44,7 +44,7 @@ from base64 import b64decode
 from email._header_value_parser import get_addr_spec
 from email.errors import HeaderParseError
 from email.parser import BytesHeaderParser
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
@@ -122,6 +122,37 @@ _SIZE_REPLIES = {"552 Error: Too much mail data", "552 Error: message size excee
 _CALL_LIMIT_REPLY = re.compile(r"421 4\.7\.0 \w+ sent too many times")
 _REASON_IN_REPLY = re.compile(r"\[(\w+)\]")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")  # a reply line is printable US-ASCII (RFC 5321 section 4.2)
+
+
+class _Reply(NamedTuple):
+    """A reply as it goes out, and what sending it means for the session."""
+    octets: bytes
+    error: bool  # a 5xx: counts toward limits.error_limit
+    closes: bool  # a 421: the connection closes after it
+    size_refusal: bool  # aiosmtpd refused a message for its size
+    call_limit: bool  # aiosmtpd's answer to a command sent too many times
+
+
+@functools.lru_cache(maxsize=512)
+def _reply(status: str) -> _Reply:
+    """`status` as the client gets it: aiosmtpd's wording replaced where it
+    is not ours (_REPLY_TRANSLATIONS), every line printable US-ASCII, CRLF
+    at the end.  Worked out once per distinct reply: nearly every reply is
+    one of a few constant strings, and push sends seven a message."""
+    original = status
+    status = _REPLY_TRANSLATIONS.get(status, status)
+    if status.startswith("500 Error: (") or status.startswith("500 Error: Cannot describe"):
+        status = INTERNAL_ERROR
+    elif status.startswith('500 Error: command "'):
+        # aiosmtpd echoes the unknown verb, control characters included
+        # (a vertical tab splits the reply line for some clients).
+        status = "500 5.5.1 Command not recognized"
+    if status.startswith("250-"):  # the EHLO reply, written at once (handle_EHLO)
+        status = "\r\n".join(_UNPRINTABLE.sub("?", line) for line in status.split("\r\n"))
+    else:  # one line, whatever text went into it
+        status = _UNPRINTABLE.sub("?", status)
+    return _Reply((status + "\r\n").encode("ascii"), status.startswith("5"), status.startswith("421"),
+                  original in _SIZE_REPLIES, _CALL_LIMIT_REPLY.match(status) is not None)
 
 
 class StartError(Exception):
@@ -436,31 +467,23 @@ class RelaySMTP(SMTP):
     # --------------------------------------------------------------- replies
 
     async def push(self, status: Any) -> None:
-        close = over_budget = False
-        if isinstance(status, str):
-            original = status
-            status = _REPLY_TRANSLATIONS.get(status, status)
-            if status.startswith("500 Error: (") or status.startswith("500 Error: Cannot describe"):
-                status = INTERNAL_ERROR
-            elif status.startswith('500 Error: command "'):
-                # aiosmtpd echoes the unknown verb, control characters included
-                # (a vertical tab splits the reply line for some clients).
-                status = "500 5.5.1 Command not recognized"
-            if status.startswith("250-"):  # the EHLO reply, written at once (handle_EHLO)
-                status = "\r\n".join(_UNPRINTABLE.sub("?", line) for line in status.split("\r\n"))
-            else:  # one line, whatever text went into it
-                status = _UNPRINTABLE.sub("?", status)
-            d = self.daemon
-            if d is not None:
-                if original in _SIZE_REPLIES:
-                    d.metrics.message_rejected("message_too_large")
-                if _CALL_LIMIT_REPLY.match(status):
-                    d.session_dropped("command_limit", self.listener)
-                if status.startswith("5"):
-                    self.errors += 1
-                    over_budget = self.errors >= d.settings.limits.error_limit
-            close = status.startswith("421")
-        await super().push(status)
+        if not isinstance(status, str):
+            await super().push(status)
+            return
+        reply = _reply(status)
+        close, over_budget = reply.closes, False
+        d = self.daemon
+        if d is not None:
+            if reply.size_refusal:
+                d.metrics.message_rejected("message_too_large")
+            if reply.call_limit:
+                d.session_dropped("command_limit", self.listener)
+            if reply.error:
+                self.errors += 1
+                over_budget = self.errors >= d.settings.limits.error_limit
+        # (aiosmtpd's push, without its debug line: the octets, then the wait while the buffer is full)
+        self._writer.write(reply.octets)
+        await self._writer.drain()
         if over_budget and not close:
             # THREATS #15: after N errors, 421 and close (Postfix's hard limit is 20).
             await super().push(TOO_MANY_ERRORS)
