@@ -936,6 +936,9 @@ def _holds_without(data: bytes, needles: list[bytes], cut: bytes) -> bool:
     block), then the seam that removing `cut` makes."""
     if any(not needle for needle in needles):
         return True
+    if type(data) is bytes and len(data) <= LOWER_BLOCK:  # a common message: one copy, lowercased once
+        low = data.lower().replace(cut, b"", 1)
+        return any(needle in low for needle in needles)
     start = _lowered_find(data, cut, 0, len(data))
     if start < 0:
         return _lowered_holds(data, needles, 0, len(data))
