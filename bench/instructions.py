@@ -15,7 +15,10 @@ session, so every message has a commit of its own) twice: a warm-up of 20
 messages alone, then the warm-up and N messages.  The difference over N is
 a message's instructions, start-up and warm-up left out.  With
 `--separate-threads` (callgrind's own option) it also prints the event
-loop's and the store writer's shares.
+loop's and the store writer's shares; with `--layer smtp` the pipeline
+answers 250 at once (the SMTP layer alone), with `--layer judgment` a
+message is judged in full (parse, checks, rewrite, filters) and answered
+250 without the store or delivery.
 
 To compare two commits, run it in a worktree of each
 (`git worktree add /tmp/old REV`, then `python /tmp/old/bench/instructions.py`):
@@ -44,7 +47,20 @@ WARM_UP = 20
 _TOTAL = re.compile(r"^summary:\s+(\d+)", re.MULTILINE)
 
 
-def _child(n: int) -> int:
+def _stop_early(layer: str) -> None:
+    """For `--layer`: the relay answers 250 where that layer ends (as bench/layers.py does)."""
+    from relay import pipeline
+
+    async def accepted(self, *args, **kwargs):
+        return pipeline.Outcome("250 2.0.0 OK", "accepted", direction="buyer_to_seller")
+
+    if layer == "smtp":  # no parse, checks, rewrite, filters, store or delivery
+        pipeline.Pipeline.process = accepted
+    elif layer == "judgment":  # judged in full, then neither stored nor delivered
+        pipeline.Pipeline._accept = accepted
+
+
+def _child(n: int, layer: str) -> int:
     """In the process valgrind runs: the relay, the warm-up, then n messages."""
     import asyncio
 
@@ -64,6 +80,7 @@ def _child(n: int) -> int:
 
     if not ready("instructions"):
         return 2
+    _stop_early(layer)
     asyncio.run(run())
     return 0
 
@@ -80,13 +97,13 @@ def _thread_totals(out_prefix: str) -> dict[int, int]:
     return totals
 
 
-def count(n: int, separate_threads: bool) -> dict[int, int]:
+def count(n: int, separate_threads: bool, layer: str = "all") -> dict[int, int]:
     """Instructions of one run of the child with n messages after the warm-up, by thread."""
     with tempfile.TemporaryDirectory() as directory:
         prefix = os.path.join(directory, "callgrind.out")
         command = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}",
                    f"--separate-threads={'yes' if separate_threads else 'no'}",
-                   sys.executable, str(Path(__file__).resolve()), "--child", str(n)]
+                   sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--layer", layer]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
         totals = _thread_totals(prefix)
     if not totals:
@@ -100,17 +117,21 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--separate-threads", action="store_true",
                         help="also the event loop's (thread 1) and the other threads' instructions")
+    parser.add_argument("--layer", choices=("all", "smtp", "judgment"), default="all",
+                        help="smtp: the pipeline answers 250 at once; judgment: a message is judged in full, "
+                             "then answered 250 without the store or delivery")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        return _child(args.child)
+        return _child(args.child, args.layer)
     missing = [tool for tool in ("valgrind", "smtp-source", "smtp-sink") if not shutil.which(tool)]
     if missing:
         print(f"instructions: needs {', '.join(missing)} (apt-get install valgrind postfix)", file=sys.stderr)
         return 2
     per_message: list[float] = []
     for rep in range(args.reps):
-        base, loaded = count(0, args.separate_threads), count(args.n, args.separate_threads)
+        base = count(0, args.separate_threads, args.layer)
+        loaded = count(args.n, args.separate_threads, args.layer)
         per_message.append((sum(loaded.values()) - sum(base.values())) / args.n)
         line = f"repetition {rep + 1}: {per_message[-1] / 1e6:.3f} M instructions a message"
         if args.separate_threads:
