@@ -325,3 +325,31 @@ def test_clean_header_text_removes_every_control_character_as_before(value):
     cleaned = clean_header_text(value)
     assert cleaned == _clean_header_text_char_by_char(value)
     assert not any(ord(ch) < 32 or ord(ch) == 127 for ch in cleaned)
+
+
+@pytest.mark.parametrize("name, value", [("Content-Type", "text/plain; charset=\"utf-8\""),
+                                         ("Content-Transfer-Encoding", "quoted-printable"),
+                                         ("Content-Description", "caf\u00e9 menu"), ("Content-ID", "<a@b>")])
+def test_a_reused_part_header_is_the_one_the_stdlib_stores(name, value):
+    from relay.rewrite import OUT_POLICY, _header_line, store_header
+
+    ours, theirs = EmailMessage(policy=OUT_POLICY), EmailMessage(policy=OUT_POLICY)
+    store_header(ours, name, value)
+    store_header(ours, "X-Second", value)  # another holder's copy is not disturbed by this one
+    theirs[name] = value
+    again = EmailMessage(policy=OUT_POLICY)
+    store_header(again, name, value)
+    assert str(ours[name]) == str(theirs[name]) == str(again[name])
+    assert _header_line(name, str(ours[name])) == _header_line(name, str(theirs[name]))
+    assert ours.as_bytes().split(b"\r\nX-Second")[0] == theirs.as_bytes().split(b"\r\n\r\n")[0]
+
+
+@pytest.mark.parametrize("value", ["text/plain\r\nBcc: x@y", "a\nb", "a\rb"])
+def test_a_reused_part_header_refuses_a_line_break_as_the_stdlib_does(value):
+    from relay.rewrite import OUT_POLICY, store_header
+
+    with pytest.raises(ValueError):
+        EmailMessage(policy=OUT_POLICY)["Content-Type"] = value
+    for _ in range(2):  # (a refusal is not remembered as a header)
+        with pytest.raises(ValueError):
+            store_header(EmailMessage(policy=OUT_POLICY), "Content-Type", value)
