@@ -264,13 +264,14 @@ def _feed(content: bytes, start: int, stop: int) -> EmailMessage:
     return parser.close()  # type: ignore[return-value]
 
 
-def _header_block_cut(content: bytes) -> tuple[int, int] | None:
-    """(end of the line that ends the header block, start of the body), by
-    the feed parser's rules: lines split at CR, LF or CRLF; the first line
-    that is neither a header field nor a continuation ends the block; if it
-    is an empty line it is consumed, else it is the body's first line.  None
-    if that line is not within the first HEADER_SCAN octets.  The window
-    grows from 4 KiB, so a common header block costs one small look."""
+def _header_block_cut(content: bytes) -> tuple[int, int, list[str]] | None:
+    """(end of the line that ends the header block, start of the body, the
+    block's lines as decoded, that line included), by the feed parser's
+    rules: lines split at CR, LF or CRLF; the first line that is neither a
+    header field nor a continuation ends the block; if it is an empty line
+    it is consumed, else it is the body's first line.  None if that line is
+    not within the first HEADER_SCAN octets.  The window grows from 4 KiB,
+    so a common header block costs one small look."""
     size = 4096
     while True:
         found, complete = _cut_within(content, min(size, HEADER_SCAN))
@@ -279,25 +280,25 @@ def _header_block_cut(content: bytes) -> tuple[int, int] | None:
         size *= 4
 
 
-def _cut_within(content: bytes, size: int) -> tuple[tuple[int, int] | None, bool]:
+def _cut_within(content: bytes, size: int) -> tuple[tuple[int, int, list[str]] | None, bool]:
     """The cut if it is within content[:size], and whether that is all of the content."""
     window = str(content[:size], "ascii", "surrogateescape")
     lines = io.StringIO(window, newline="").readlines()
     whole = len(content) <= size
     pos = 0
-    for line in lines if whole else lines[:-1]:  # the last line may go on past the window
+    for n, line in enumerate(lines if whole else lines[:-1]):  # the last line may go on past the window
         if not headerRE.match(line):
             end = pos + len(line)
-            return ((end, end) if NLCRE.match(line) else (end, pos)), whole
+            return (end, end if NLCRE.match(line) else pos, lines[:n + 1]), whole
         pos += len(line)
     return None, whole
 
 
-def _parse_single_part(content: bytes, cut: int, body_start: int) -> EmailMessage | None:
+def _parse_single_part(content: bytes, cut: int, body_start: int, lines: list[str]) -> EmailMessage | None:
     """Parse the header block alone; if the message is neither multipart nor
     message/*, its payload is the rest of the content, decoded as the stdlib
     decodes it.  None for other messages (they take the general path)."""
-    message = _header_block(content, cut, body_start)
+    message = _header_block(content, cut, body_start, lines)
     if message.get_content_maintype() in ("multipart", "message") or message.is_multipart():
         return None
     with memoryview(content) as view:
@@ -309,8 +310,9 @@ def _parse_single_part(content: bytes, cut: int, body_start: int) -> EmailMessag
     return message
 
 
-def _header_block(content: bytes, cut: int, body_start: int) -> EmailMessage:
-    """`_feed(content, 0, cut)` for a header block ended by an empty line:
+def _header_block(content: bytes, cut: int, body_start: int, lines: list[str]) -> EmailMessage:
+    """`_feed(content, 0, cut)` for a header block ended by an empty line
+    (`lines`: content[:cut] decoded and split, as _header_block_cut found them):
     the message with the block's fields, as the feed parser makes it (a
     field's lines go through the policy's header_source_parse and are
     appended in order), in a fifth of the time (its generator reads one line
@@ -322,7 +324,6 @@ def _header_block(content: bytes, cut: int, body_start: int) -> EmailMessage:
     a line that is not empty (tests/test_parsing.py compares the two)."""
     if body_start != cut:
         return _feed(content, 0, cut)  # a missing separator: a defect
-    lines = io.StringIO(str(content[:cut], "ascii", "surrogateescape"), newline="").readlines()
     fields: list[list[str]] = []
     for line in lines[:-1]:  # (the last is the empty line)
         if line[0] in " \t":

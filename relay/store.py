@@ -211,6 +211,9 @@ class StaleParties(Exception):
     made on (relay.aliascache): nothing was written; look the alias up again
     and decide again."""
 
+    def __init__(self, version: int):
+        super().__init__(f"the sellers or orders changed after version {version}")
+
 
 class AliasMatch(NamedTuple):
     """What an alias names, and the parties' version it was read at."""
@@ -1018,7 +1021,7 @@ def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> lis
     current, audit_base, queue_base = db.execute(_BATCH_START).fetchone()
     stale = _stale_version(items, current)
     if stale is not None:
-        raise StaleParties(f"the sellers or orders changed after version {stale}")
+        raise StaleParties(stale)
     now = time.time()
     for n, item in enumerate(items, 1):
         if item.large:
@@ -1216,7 +1219,7 @@ def _confirm_parties(db: sqlite3.Connection, version: int | None) -> None:
     """In the transaction that records a decision: the parties it was made
     on are still the parties (StaleParties if not)."""
     if version is not None and _parties_version(db) != version:
-        raise StaleParties(f"the sellers or orders changed after version {version}")
+        raise StaleParties(version)
 
 
 def _run_together(db: sqlite3.Connection, works: list[Callable[[sqlite3.Connection], Any]]) \
