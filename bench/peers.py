@@ -296,7 +296,7 @@ class RelayUnderTest:
     """`python -m relay --config DIR/relay.toml serve`; its log goes to DIR/relay.log."""
 
     def __init__(self, workdir: Path, sink_port: int, extra: dict[str, dict[str, Any]] | None = None,
-                 workers: int = 1):
+                 workers: int = 1, cpu_affinity: str = "none"):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.db = workdir / "relay.sqlite3"
@@ -316,6 +316,8 @@ class RelayUnderTest:
         }
         if workers > 1:  # listen.workers (SO_REUSEPORT) needs a fixed port
             config["listen"] = {"mx": f"127.0.0.1:{free_port()}", "workers": workers}
+        if cpu_affinity != "none":
+            config["listen"]["cpu_affinity"] = cpu_affinity
         for section, body in (extra or {}).items():
             config.setdefault(section, {}).update(body)
         self.config = config

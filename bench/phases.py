@@ -77,10 +77,12 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=8000, help="messages per repetition")
     parser.add_argument("--reps", type=int, default=2)
     parser.add_argument("--workers", type=int, default=0, help="listen.workers (default: one per CPU)")
+    parser.add_argument("--cpu-affinity", choices=["auto", "none"], default="auto", help="listen.cpu_affinity")
     args = parser.parse_args()
     bench = run.Bench(argparse.Namespace(
         quick=True, profile=False, profile_seconds=40, only=None, sessions=[args.sessions],
-        workers=args.workers or os.cpu_count() or 1, scale_orders=1000, reps=1, out=str(HERE / "results"),
+        workers=args.workers or os.cpu_count() or 1, cpu_affinity=args.cpu_affinity, scale_orders=1000, reps=1,
+        out=str(HERE / "results"),
         no_readme=True, readme=False, keep=False, client="lean"))
     bench.stamp = "phases"
     try:

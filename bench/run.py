@@ -317,7 +317,8 @@ class Bench:
         migrations ran), then `orders` orders bulk-inserted, with history for the ones the load uses
         ("sample") or for all of them ("all", two audit rows per order)."""
         assert self.sink is not None
-        relay = RelayUnderTest(self.tmp / name, self.sink.port, extra, workers=self.args.workers)
+        relay = RelayUnderTest(self.tmp / name, self.sink.port, extra, workers=self.args.workers,
+                               cpu_affinity=self.args.cpu_affinity)
         for sid, sname, email in SELLERS:
             relay.cli("seller", "add", sid, "--name", sname, "--email", email)
         opened = json.loads(relay.cli("order", "open", SMTP_SOURCE_ORDER, "--seller", SELLERS[0][0],
@@ -629,8 +630,10 @@ class Bench:
                   "command": "python bench/run.py" + (" --quick" if self.quick else "")
                   + (" --profile" if self.args.profile else "")
                   + (f" --workers {self.args.workers}" if self.args.workers != os.cpu_count() else "")
+                  + (f" --cpu-affinity {self.args.cpu_affinity}" if self.args.cpu_affinity != "auto" else "")
                   + (f" --client {self.args.client}" if self.args.client != "lean" else ""),
-                  "relay_workers": self.args.workers, "generator_client": self.args.client,
+                  "relay_workers": self.args.workers, "relay_cpu_affinity": self.args.cpu_affinity,
+                  "generator_client": self.args.client,
                   "machine": info, "runs": self.runs, **self.extra}
         report["summary"] = summarize(self.runs)
         return report
@@ -785,7 +788,8 @@ def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     lines = [
         f"Run `{report['command']}` ({report['mode']} mode), {report['started_utc']}, {report['seconds']:.0f} s; "
-        f"relay {m['relay_commit']}, `listen.workers = {report.get('relay_workers', 1)}`.",
+        f"relay {m['relay_commit']}, `listen.workers = {report.get('relay_workers', 1)}`, "
+        f"`listen.cpu_affinity = \"{report.get('relay_cpu_affinity', 'none')}\"`.",
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB RAM, Linux {m['kernel']}, "
         f"Python {m['python']}, Postfix {m['postfix']}, load average at start {' '.join(m['loadavg_at_start'])}. "
@@ -863,6 +867,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=0,
                    help="the relay's listen.workers (processes); default: one per CPU, as an operator would "
                         "set it (Postfix, too, runs its smtpd, cleanup, qmgr and smtp processes on every CPU)")
+    p.add_argument("--cpu-affinity", choices=["auto", "none"], default="auto",
+                   help="the relay's listen.cpu_affinity; default auto, as an operator of a host given to the "
+                        "relay would set it (each worker process on a CPU of its own); runs before 2026-11-28 "
+                        "T09 had none")
     p.add_argument("--scale-orders", type=int, default=500_000, help="orders in the big stores (2 aliases each)")
     p.add_argument("--reps", type=int, default=0, help="repetitions per run (default: 1 quick, 2 full)")
     p.add_argument("--out", default=str(BENCH / "results"))
@@ -887,7 +895,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tags = ("-quick" if args.quick else "") + ("-profile" if args.profile else "") + \
-        (f"-workers{args.workers}" if args.workers != os.cpu_count() else "")
+        (f"-workers{args.workers}" if args.workers != os.cpu_count() else "") + \
+        ("-no-affinity" if args.cpu_affinity == "none" else "")
     path = out / f"{report['started_utc']}{tags}.json"
     path.write_text(json.dumps(report, indent=1) + "\n")
     log(f"results: {path}")

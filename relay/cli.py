@@ -17,6 +17,7 @@ import sys
 from typing import Any, Sequence
 
 from relay import notify
+from relay.affinity import AFFINITY_UNDER_SYSTEMD, cpu_plan, pin_process
 from relay.aliases import AddressError, mint_alias, normalize_address
 from relay.config import ConfigError, Settings, check_files, load_settings
 from relay.sharing import ListenError, Shared
@@ -47,6 +48,7 @@ def build_parser() -> ArgumentParser:
     serve.add_argument("--acceptor", action="store_true", help=argparse.SUPPRESS)
     serve.add_argument("--listen-fd", action="append", default=[], help=argparse.SUPPRESS)
     serve.add_argument("--metrics-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--cpu", type=int, help=argparse.SUPPRESS)  # listen.cpu_affinity: the one it replaces
     sub.add_parser("check-config", parents=[common], help="validate the configuration")
 
     seller = sub.add_parser("seller", parents=[common], help="sellers").add_subparsers(
@@ -124,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         configure_logging(settings.logging.level)
         _use_uvloop()
         if args.acceptor:
+            if args.cpu is not None:
+                _pin(args.cpu)
             return _serve_acceptor(settings, getattr(args, "config", None),
                                    Shared.inherit(args.listen_fd, args.metrics_fd))
         return _serve_processes(settings, getattr(args, "config", None))
@@ -155,7 +159,10 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
         release_all_claims(settings.store.path, settings.store.busy_timeout)
     except (sqlite3.Error, OSError):
         pass  # the daemon's own open of the store says what is wrong
+    plan = cpu_plan(settings.listen.cpu_affinity, settings.listen.workers)
     if settings.listen.workers <= 1:
+        if plan:
+            _pin(plan[0])
         return _run(serve(settings, config_path))
     try:
         shared = Shared.create(settings)
@@ -165,9 +172,11 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
         get_logger().error("relay.stopped", error=str(exc))
         return 1
     children: list[int] = []
-    for _ in range(settings.listen.workers - 1):
+    for k in range(1, settings.listen.workers):
         pid = os.fork()
         if pid == 0:  # an acceptor
+            if plan:
+                _pin(plan[k])
             notify.leave_to_the_primary(os.environ)
             code = 1
             try:
@@ -175,7 +184,21 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
             finally:
                 os._exit(code)
         children.append(pid)
-    return _run(serve(settings, config_path, role="primary", workers=children, shared=shared))
+    if plan:  # (after the forks: each acceptor pinned itself)
+        _pin(plan[0])
+    return _run(serve(settings, config_path, role="primary", workers=children, shared=shared, cpus=plan))
+
+
+def _pin(cpu: int) -> None:
+    """listen.cpu_affinity = "auto": this process on `cpu` (relay.affinity),
+    before its event loop and threads exist; if refused, it runs unpinned
+    and says so."""
+    error = pin_process(cpu)
+    if error is not None:
+        from relay.logs import get_logger
+
+        get_logger().warning("relay.cpu_affinity_refused", cpu=cpu, pid=os.getpid(), error=error,
+                             hint=AFFINITY_UNDER_SYSTEMD)
 
 
 def _serve_acceptor(settings: Settings, config_path: str | None, shared: Shared) -> int:

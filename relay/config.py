@@ -46,6 +46,9 @@ class ListenSection:
     # Processes accepting from the same listening sockets, one per core; each
     # delivers what it accepted. More than 1 needs fixed ports (not port 0).
     workers: int = 1
+    # "auto": each worker process kept on a CPU of its own (relay.affinity);
+    # "none": where the kernel puts it.
+    cpu_affinity: str = "none"
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ _SECTIONS = {
 }
 
 _CHOICES = {
+    "listen.cpu_affinity": ("none", "auto"),
     "delivery.mode": ("smtp", "maildir"),
     "delivery.tls": ("none", "opportunistic", "required"),
     "logging.level": ("debug", "info", "warning", "error"),

@@ -51,6 +51,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetup
 from prometheus_client import Counter
 
 from relay import notify
+from relay.affinity import allowed_cpus
 from relay.aliases import AddressError, normalize_address, split_address
 from relay.chunks import Chunks
 from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport
@@ -997,7 +998,8 @@ class RelayDaemon:
         self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
         self._join_metrics_feed()
         self.ready = True
-        self.log.info("relay.started", role=self.role, pid=os.getpid(), listen=_address_of(self.server),
+        self.log.info("relay.started", role=self.role, pid=os.getpid(), cpus=allowed_cpus(),
+                      listen=_address_of(self.server),
                       store=s.store.path, delivery=s.delivery.mode, config=s.source,
                       starttls=self.tls_context is not None,
                       submission=_address_of(self.submission_server), metrics=_address_of(self.metrics_server))
@@ -1264,14 +1266,15 @@ def _address_of(server: asyncio.AbstractServer | None) -> str | None:
 
 
 async def serve(settings: Settings, config_path: str | None = None, role: str = "primary",
-                workers: list[int] | None = None, shared: Shared | None = None) -> int:
+                workers: list[int] | None = None, shared: Shared | None = None, cpus: list[int] | None = None) -> int:
     """Run one daemon process until SIGTERM.  With listen.workers > 1 the
     primary also watches its acceptor processes (relay.workers): it replaces
     one that dies and forwards SIGTERM and SIGHUP to them.  `shared` is what
-    all of them share (relay.sharing)."""
+    all of them share (relay.sharing); `cpus`, the CPU of each process
+    (listen.cpu_affinity, relay.affinity), the primary's first."""
     shared = shared or Shared()
     daemon = RelayDaemon(settings, config_path, role, shared)
-    acceptors = Workers(acceptor_command(config_path, shared), daemon.log, daemon.worker_exited)
+    acceptors = Workers(acceptor_command(config_path, shared), daemon.log, daemon.worker_exited, cpus or [])
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()

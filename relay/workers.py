@@ -51,8 +51,15 @@ def acceptor_environment() -> dict[str, str]:
 class Workers:
     """The primary's view of its acceptors: watch, replace, signal, reap."""
 
-    def __init__(self, command: tuple[list[str], list[int]], log, on_exit: Callable[[int], Awaitable[None]]):
+    def __init__(self, command: tuple[list[str], list[int]], log, on_exit: Callable[[int], Awaitable[None]],
+                 cpus: list[int] | None = None):
         self.command, self.pass_fds = command
+        # listen.cpu_affinity (relay.affinity): the CPU of each process, the
+        # primary's first; an acceptor's slot (its index there) passes to
+        # its replacement, so no two live processes share a CPU needlessly.
+        self.cpus = list(cpus or [])
+        self._slots: dict[int, int] = {}
+        self._free_slots: list[int] = []
         self._processes: dict[int, subprocess.Popen] = {}  # the replacements
         self.log = log
         self.on_exit = on_exit  # gives a dead process's claims back
@@ -70,7 +77,8 @@ class Workers:
     def watch(self, pids: list[int]) -> None:
         """Watch the acceptors the CLI forked."""
         loop = asyncio.get_running_loop()
-        for pid in pids:
+        for slot, pid in enumerate(pids, start=1):
+            self._slots[pid] = slot
             self._watch(pid, loop.time())
 
     def _watch(self, pid: int, started: float) -> None:
@@ -120,6 +128,9 @@ class Workers:
     def _after_exit(self, pid: int) -> None:
         loop = asyncio.get_running_loop()
         started = self._started.pop(pid, loop.time())
+        slot = self._slots.pop(pid, None)
+        if slot is not None:
+            self._free_slots.append(slot)
         if self.stopping:
             return
         lived = loop.time() - started
@@ -136,17 +147,26 @@ class Workers:
         self._pending_start = None
         if self.stopping:
             return
+        slot = self._free_slots[0] if self._free_slots else None
+        command = self.command
+        if slot is not None and slot < len(self.cpus):
+            command = [*command, "--cpu", str(self.cpus[slot])]
         try:
-            process = subprocess.Popen(self.command, env=acceptor_environment(), pass_fds=self.pass_fds,
+            process = subprocess.Popen(command, env=acceptor_environment(), pass_fds=self.pass_fds,
                                        stdin=subprocess.DEVNULL)
         except OSError as exc:
             self.log.error("relay.worker_start_failed", error=str(exc))
             self._pending_start = asyncio.get_running_loop().call_later(LONGEST_PAUSE, self._start_one)
             return
         pid = process.pid
+        if slot is not None:
+            self._free_slots.remove(slot)
+            self._slots[pid] = slot
         self._processes[pid] = process
         self.log.info("relay.worker_started", pid=pid)
         self._watch(pid, asyncio.get_running_loop().time())
+        if self._free_slots:  # another died while this one waited: its replacement next
+            self._pending_start = asyncio.get_running_loop().call_later(0, self._start_one)
 
     def _spawn_task(self, coro) -> None:
         task = asyncio.ensure_future(coro)
