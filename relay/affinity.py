@@ -7,9 +7,9 @@ scheduler, the two often run on different CPUs, so each hand-over of the
 lock moves the interpreter's hot data from one CPU's cache to the other's,
 and each worker's threads wander between CPUs that the other worker is
 using.  Kept on one CPU, a process's threads hand the lock over in place.
-Measured with two workers on two CPUs under smtp-source (10 sessions, 2 KB
-messages, pinned and unpinned runs alternating): 6-26 % more messages a
-second and 4-12 % less CPU a message (bench/README.md).  nginx's
+Measured with two workers on two CPUs under smtp-source (2 KB messages,
+pinned and unpinned runs alternating, 10 and 50 sessions): 6-26 % more
+messages a second, 1-16 % less CPU a message (bench/README.md).  nginx's
 `worker_cpu_affinity auto` and HAProxy's `cpu-map` do the same for their
 workers.
 
