@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, NamedTuple, TypeVar
 
 import aiosqlite
 
+from relay.affinity import defer_to_the_event_loop
 from relay.checkpoint import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
 from relay.chunks import Chunks, buffers
 from relay.storelock import WriteTurn, turn_at
@@ -425,6 +426,7 @@ class Store:
         hand-in to result stayed what it was.  Once closed, everything
         handed in is committed at once, and the thread closes the writer
         connection and ends."""
+        defer_to_the_event_loop()  # (when the process is kept on one CPU: listen.cpu_affinity)
         try:
             while True:
                 if not self._closed:

@@ -79,6 +79,8 @@ async def test_each_worker_runs_on_its_own_cpu_and_a_replacement_takes_its_prede
     for pid in (relay.proc.pid, acceptor):  # the event loop and the store's threads alike
         assert all(os.sched_getaffinity(int(tid)) == os.sched_getaffinity(pid)
                    for tid in os.listdir(f"/proc/{pid}/task"))
+    for pid in (relay.proc.pid, acceptor):  # the store's writer alone defers to the event loop
+        assert _batch_threads(pid) == 1
     started = {e["pid"]: e["cpus"] for e in relay.events("relay.started")}
     assert started == {relay.proc.pid: [ALLOWED[0]], acceptor: [ALLOWED[1]]}
 
@@ -96,6 +98,12 @@ async def test_without_affinity_the_workers_keep_every_cpu(relay_factory):
     await wait_for_event(relay, "relay.started", count=2, timeout=30)
     for pid in (relay.proc.pid, acceptor):
         assert sorted(os.sched_getaffinity(pid)) == ALLOWED
+        assert _batch_threads(pid) == 0
+
+
+def _batch_threads(pid: int) -> int:
+    """How many of the process's threads are scheduled as SCHED_BATCH."""
+    return sum(os.sched_getscheduler(int(tid)) == os.SCHED_BATCH for tid in os.listdir(f"/proc/{pid}/task"))
 
 
 def _said(path) -> str:
@@ -153,3 +161,22 @@ def test_a_refused_pin_is_logged_with_the_reason_and_the_systemd_drop_in():
     (line,) = [json.loads(x) for x in out.stderr.splitlines() if "relay.cpu_affinity_refused" in x]
     assert line["cpu"] == 100000 and line["error"] == "sched_setaffinity to CPU 100000: Invalid argument"
     assert "SystemCallFilter=sched_setaffinity" in line["hint"]
+
+
+@needs_two_cpus
+def test_a_pinned_stores_writer_never_preempts_the_event_loop_and_an_unpinned_ones_is_left_alone(tmp_path):
+    code = ("import asyncio, os, sys, threading; from relay.affinity import pin_process; "
+            "from relay.store import Store\n"
+            "async def main():\n"
+            "    if sys.argv[1] == 'pinned': pin_process(os.sched_getaffinity(0).pop())\n"
+            "    store = await Store.open(sys.argv[2])\n"
+            "    (writer,) = [t for t in threading.enumerate() if t.name == 'store-writer']\n"
+            "    print(os.sched_getscheduler(writer.native_id) == os.SCHED_BATCH,"
+            " os.sched_getscheduler(0) == os.SCHED_BATCH)\n"
+            "    await store.close()\n"
+            "asyncio.run(main())\n")
+    for mode, expected in (("pinned", ["True", "False"]), ("free", ["False", "False"])):
+        out = subprocess.run([sys.executable, "-c", code, mode, str(tmp_path / f"{mode}.db")],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == expected, mode
