@@ -86,9 +86,10 @@ def defer_to_the_event_loop() -> bool:
     sessions, 12-44 % more messages a second and 10-32 % less CPU a
     message; in the service with two pinned workers, 3-12 % less CPU a
     message at 10 sessions (messages a second within the noise, -3 to +6 %)
-    and 7-18 % less at 50.  A commit waits longer for its turn at the CPU
-    (bench/phases.py at 50 sessions: the 250 after the data p50 12-13 ->
-    16-17 ms), while the transaction's p99 stayed where it was (61-68 ms).
+    and 7-18 % less at 50.  The price is a commit that waits longer for its
+    turn at the CPU: bench/phases.py at 50 sessions, four pairs, 1,378-1,516
+    messages/s against 1,049-1,317, the 250 after the data p50 16-17 ms
+    against 12-15, the transaction's p99 65-76 ms against 62-68.
     A process free to use several CPUs is left as it is (no difference
     measured there).  False where this thread was not changed: not pinned, or the
     system refused (a seccomp filter that denies sched_setscheduler)."""
