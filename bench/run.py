@@ -869,8 +869,8 @@ def main(argv: list[str] | None = None) -> int:
                         "set it (Postfix, too, runs its smtpd, cleanup, qmgr and smtp processes on every CPU)")
     p.add_argument("--cpu-affinity", choices=["auto", "none"], default="auto",
                    help="the relay's listen.cpu_affinity; default auto, as an operator of a host given to the "
-                        "relay would set it (each worker process on a CPU of its own); runs before 2026-11-28 "
-                        "T09 had none")
+                        "relay would set it (each worker process on a CPU of its own); runs before 20261128T0853 "
+                        "had none")
     p.add_argument("--scale-orders", type=int, default=500_000, help="orders in the big stores (2 aliases each)")
     p.add_argument("--reps", type=int, default=0, help="repetitions per run (default: 1 quick, 2 full)")
     p.add_argument("--out", default=str(BENCH / "results"))

@@ -81,21 +81,24 @@ def defer_to_the_event_loop() -> bool:
     loop still held the interpreter lock, so the writer could only ask for
     it and sleep again: two context switches for nothing, on every commit.
     As a batch thread it runs when the loop next waits for the network, which
-    is when the lock is free anyway.  Measured under smtp-source, runs with
-    and without it alternating: in one pinned in-process worker at 10
-    sessions, 12-44 % more messages a second and 10-32 % less CPU a
-    message; in the service with two pinned workers, 3-12 % less CPU a
-    message at 10 sessions (messages a second within the noise, -3 to +6 %)
-    and 7-18 % less at 50.  The price is a commit that waits longer for its
-    turn at the CPU: bench/phases.py at 50 sessions, four pairs, 1,378-1,516
-    messages/s against 1,049-1,317, the 250 after the data p50 16-17 ms
-    against 12-15, the transaction's p99 65-76 ms against 62-68.
-    A process free to use several CPUs is left as it is (no difference
-    measured there).  False where this thread was not changed: not pinned, or the
-    system refused (a seccomp filter that denies sched_setscheduler)."""
+    is when the lock is free anyway.
+
+    Measured under smtp-source, runs with and without it alternating: in one
+    pinned in-process worker at 10 sessions, 12-44 % more messages a second
+    and 10-32 % less CPU a message; in the service with two pinned workers,
+    3-12 % less CPU a message at 10 sessions (messages a second within the
+    noise, -3 to +6 %) and 7-18 % less at 50.  The price is a commit that
+    waits longer for its turn at the CPU: bench/phases.py at 50 sessions,
+    four pairs, 1,378-1,516 messages/s against 1,049-1,317, the 250 after
+    the data p50 16-17 ms against 12-15, the transaction's p99 65-76 ms
+    against 62-68.  A process free to use several CPUs is left as it is (no
+    difference measured there).
+
+    False where this thread was not changed: not pinned, or the system
+    refused (a seccomp filter that denies sched_setscheduler)."""
+    if len(allowed_cpus()) != 1:
+        return False
     try:
-        if len(os.sched_getaffinity(0)) != 1:
-            return False
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except (AttributeError, OSError):
         return False

@@ -55,11 +55,12 @@ class Workers:
                  cpus: list[int] | None = None):
         self.command, self.pass_fds = command
         # listen.cpu_affinity (relay.affinity): the CPU of each process, the
-        # primary's first; an acceptor's slot (its index there) passes to
-        # its replacement, so no two live processes share a CPU needlessly.
+        # primary's first.  Each acceptor holds a slot (1 to the number the
+        # CLI forked, its index there); a dead one's slot, and with it its
+        # CPU, passes to its replacement.
         self.cpus = list(cpus or [])
-        self._slots: dict[int, int] = {}
-        self._free_slots: list[int] = []
+        self._slots: dict[int, int] = {}  # pid -> slot
+        self._acceptors = 0
         self._processes: dict[int, subprocess.Popen] = {}  # the replacements
         self.log = log
         self.on_exit = on_exit  # gives a dead process's claims back
@@ -77,6 +78,7 @@ class Workers:
     def watch(self, pids: list[int]) -> None:
         """Watch the acceptors the CLI forked."""
         loop = asyncio.get_running_loop()
+        self._acceptors = len(pids)
         for slot, pid in enumerate(pids, start=1):
             self._slots[pid] = slot
             self._watch(pid, loop.time())
@@ -128,9 +130,7 @@ class Workers:
     def _after_exit(self, pid: int) -> None:
         loop = asyncio.get_running_loop()
         started = self._started.pop(pid, loop.time())
-        slot = self._slots.pop(pid, None)
-        if slot is not None:
-            self._free_slots.append(slot)
+        self._slots.pop(pid, None)
         if self.stopping:
             return
         lived = loop.time() - started
@@ -147,7 +147,7 @@ class Workers:
         self._pending_start = None
         if self.stopping:
             return
-        slot = self._free_slots[0] if self._free_slots else None
+        slot = self._free_slot()
         command = self.command
         if slot is not None and slot < len(self.cpus):
             command = [*command, "--cpu", str(self.cpus[slot])]
@@ -160,13 +160,17 @@ class Workers:
             return
         pid = process.pid
         if slot is not None:
-            self._free_slots.remove(slot)
             self._slots[pid] = slot
         self._processes[pid] = process
         self.log.info("relay.worker_started", pid=pid)
         self._watch(pid, asyncio.get_running_loop().time())
-        if self._free_slots:  # another died while this one waited: its replacement next
+        if self._free_slot() is not None:  # another died while this one waited: its replacement next
             self._pending_start = asyncio.get_running_loop().call_later(0, self._start_one)
+
+    def _free_slot(self) -> int | None:
+        """The first slot no live acceptor holds, or None."""
+        taken = set(self._slots.values())
+        return next((slot for slot in range(1, self._acceptors + 1) if slot not in taken), None)
 
     def _spawn_task(self, coro) -> None:
         task = asyncio.ensure_future(coro)
