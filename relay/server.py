@@ -979,6 +979,7 @@ class RelayDaemon:
         s = self.settings
         self.tls_context = _server_tls(s)
         self.store = await Store.open(s.store.path, s.store.busy_timeout)
+        self.store.on_commit, self.store.on_commit_wait = self.metrics.store_committed, self.metrics.observe_commit_wait
         self.delivery = Delivery(s, _DeliveryStore(self.store, self._delivery_outcome))  # type: ignore[arg-type]
         self.pipeline = Pipeline(s, self.store, on_queued=self._queued, claim_owner=self.delivery.owner)
         self.handler = RelayHandler(self.pipeline, self)

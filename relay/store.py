@@ -299,6 +299,11 @@ class Store:
         self._busy_timeout = busy_timeout
         self.checkpointer = Checkpointer(path)  # the WAL is copied back beside the commits, not in one
         self.commits = 0  # transactions committed (each batch is one), for tests and benchmarks
+        # Told of every commit, and of how long each exchange's audit row (the
+        # commit an SMTP reply waits on) waited to be durable (relay.metrics,
+        # through the daemon).
+        self.on_commit: Callable[[], None] | None = None
+        self.on_commit_wait: Callable[[float], None] | None = None
         # The newest parties' version this process has read (relay.aliascache),
         # and a monotonic time at or before the snapshot it was read in.
         self.parties_seen: tuple[int, float] = (-1, float("-inf"))
@@ -384,26 +389,35 @@ class Store:
 
     # ---------------------------------------------------------- group commit
 
-    async def transact(self, work: Callable[[sqlite3.Connection], T], can_wait: bool = False) -> T:
+    async def transact(self, work: Callable[[sqlite3.Connection], T], can_wait: bool = False,
+                       client_waits: bool = False) -> T:
         """Run `work(db)` in the writer thread inside a committed transaction;
         return its result once it is durable.
 
         `can_wait`: nobody waits on this commit but its caller (a delivery's
         outcome, not an SMTP client), so it may wait LAZY_COMMIT_DELAY for
-        other work to share its commit instead of starting one of its own."""
+        other work to share its commit instead of starting one of its own.
+        `client_waits`: an SMTP client's reply waits on this commit (an
+        exchange's audit row); its wait goes to on_commit_wait."""
         if self._closed:
             raise StorageError("the store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future = loop.create_future()
         self._pending.append((work, future))
-        if not can_wait:
-            # (The writer clears the flag before it looks at what is pending,
-            # so a flag still set means this work will be seen.)
-            if not self._wanted.is_set():
-                self._wanted.set()
-        elif self._lazy_wake is None:
-            self._lazy_wake = loop.call_later(LAZY_COMMIT_DELAY, self._lazy_due)
-        return await future
+        if can_wait:
+            if self._lazy_wake is None:
+                self._lazy_wake = loop.call_later(LAZY_COMMIT_DELAY, self._lazy_due)
+            return await future
+        # (The writer clears the flag before it looks at what is pending,
+        # so a flag still set means this work will be seen.)
+        if not self._wanted.is_set():
+            self._wanted.set()
+        if not client_waits or self.on_commit_wait is None:
+            return await future
+        handed_in = time.perf_counter()
+        result = await future
+        self.on_commit_wait(time.perf_counter() - handed_in)
+        return result
 
     def _lazy_due(self) -> None:
         self._lazy_wake = None  # (what it waited for may have gone out already, in a batch taken since)
@@ -472,6 +486,8 @@ class Store:
         """In the event loop, as soon as it learns that the batch is durable:
         the callers' results."""
         self.commits += 1
+        if self.on_commit is not None and any(error is None for _, error in outcomes):  # (else rolled back)
+            self.on_commit()
         self.checkpointer.committed()
         self._saw_parties(parties_version, started)
         for (_, future), (result, error) in zip(batch, outcomes):
@@ -718,7 +734,7 @@ class Store:
             _confirm_parties(db, parties_version)
             return _insert_audit(db, record)
 
-        return await self.transact(work)
+        return await self.transact(work, client_waits=True)
 
     async def accept_message(self, record: AuditRecord, relay_id: str, original_id: str | None,
                              mail_from: str, rcpt_to: str, bounce_token: str, notify: str | None,
@@ -736,7 +752,8 @@ class Store:
         """
 
         return await self.transact(_Acceptance(record, relay_id, original_id, mail_from, rcpt_to, bounce_token,
-                                               notify, notify_alias, kind, claim_owner, parties_version))
+                                               notify, notify_alias, kind, claim_owner, parties_version),
+                                  client_waits=True)
 
     async def enqueue_notice(self, mail_from: str, rcpt_to: str, message: bytes, kind: str = "bounce") -> int:
         """Queue a message of our own (a failure notice); never bounced itself."""

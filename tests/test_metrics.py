@@ -139,6 +139,20 @@ def test_transaction_histogram_buckets() -> None:
     assert sample(m, "relay_transaction_seconds_bucket", le="+Inf") == 4
 
 
+def test_commit_counter_and_commit_wait_buckets() -> None:
+    m = Metrics()
+    m.store_committed()
+    m.store_committed()
+    for seconds in (0.0002, 0.003, 0.03, 6.0):
+        m.observe_commit_wait(seconds)
+    assert sample(m, "relay_store_commits_total") == 2
+    assert sample(m, "relay_store_commit_wait_seconds_count") == 4
+    assert sample(m, "relay_store_commit_wait_seconds_bucket", le="0.0005") == 1
+    assert sample(m, "relay_store_commit_wait_seconds_bucket", le="0.005") == 2
+    assert sample(m, "relay_store_commit_wait_seconds_bucket", le="0.05") == 3
+    assert sample(m, "relay_store_commit_wait_seconds_bucket", le="+Inf") == 4
+
+
 # --- over HTTP ------------------------------------------------------------------
 
 DOCUMENTED = {
@@ -149,6 +163,8 @@ DOCUMENTED = {
     "relay_queue_oldest_age_seconds": "gauge",
     "relay_sessions_open": "gauge",
     "relay_transaction_seconds": "histogram",
+    "relay_store_commits": "counter",
+    "relay_store_commit_wait_seconds": "histogram",
 }
 
 

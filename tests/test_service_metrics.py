@@ -36,6 +36,11 @@ async def test_metrics_after_traffic(relay_factory):
         assert sample(text, "relay_messages_rejected_total", f'reason="{reason}"') == 1.0, reason
     assert sample(text, "relay_deliveries_total", 'outcome="deferred"') == 0.0
     assert sample(text, "relay_transaction_seconds_count") == 1.0
+    # Two exchanges wrote an audit row before their reply: the message, and the stranger refused at
+    # RCPT to the order's alias (an unknown or foreign address belongs to no order: nothing to audit).
+    assert sample(text, "relay_store_commits_total") >= 2.0
+    assert sample(text, "relay_store_commit_wait_seconds_count") == 2.0
+    assert sample(text, "relay_store_commit_wait_seconds_sum") > 0
     assert sample(text, "relay_queue_oldest_age_seconds") == 0.0
     assert "bob@buyer.test" not in text and "sam@shop.example" not in text and "127.0.0.1" not in text
     open_session.close()

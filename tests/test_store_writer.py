@@ -423,3 +423,35 @@ async def test_the_writer_goes_on_to_the_next_batch_without_the_event_loop(tmp_p
         await asyncio.gather(first, second)
         assert committed, "the second batch waited for the event loop"
         assert store.commits == 2
+
+
+async def test_the_store_reports_each_commit_and_each_urgent_transactions_wait_for_it(tmp_path):
+    """relay_store_commits_total and relay_store_commit_wait_seconds
+    (relay.metrics) come from these hooks: every commit is reported, and
+    every transaction a client waits on (an exchange's audit row) reports
+    how long it waited, the wait for the write turn included; other work (a
+    delivery's outcome, the CLI's changes) and work that fails report none."""
+    path = str(tmp_path / "relay.sqlite3")
+    async with _opened(path) as store:
+        commits, waits = [], []
+        store.on_commit, store.on_commit_wait = (lambda: commits.append(store.commits)), waits.append
+        before = store.commits
+        held = _hold_the_turn(path)
+        try:
+            handed_in = time.monotonic()
+            urgent = [asyncio.ensure_future(store.transact(_optout(f"u{i}@buyer.test"), client_waits=True))
+                      for i in range(3)]
+            other = asyncio.ensure_future(store.optout_add("cli@buyer.test"))
+            lazy = asyncio.ensure_future(store.transact(_optout("lazy@buyer.test"), can_wait=True))
+            await asyncio.sleep(0.2)  # the other process keeps the turn this long at least
+            held_for = time.monotonic() - handed_in
+        finally:
+            os.close(held)
+        await asyncio.gather(*urgent, lazy, other)
+        committed = store.commits
+        assert commits == list(range(before + 1, committed + 1)) and len(commits) >= 1
+        with pytest.raises(sqlite3.IntegrityError):
+            await store.transact(_optout("u0@buyer.test"), client_waits=True)  # already there: rolled back
+        assert len(waits) == 3
+        assert all(held_for <= wait < 10 for wait in waits)
+        assert commits[-1] == committed
