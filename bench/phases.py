@@ -9,6 +9,13 @@ parse, filters, rewrite, the durable commit) and `quit`.  `total` is what
 run.py reports as the transaction latency: MAIL FROM to the 250.  Prints
 p50/p90/p99/max of each, in ms, with the relay's CPU per message.  Needs
 root (the Postfix peer), like run.py.
+
+From the relay's own /metrics (`metrics.listen` is set for this), it also
+prints how long the messages waited for their durable commit
+(`relay_store_commit_wait_seconds`: p50/p90/p99 read off the histogram's
+buckets, as Prometheus' histogram_quantile does) and how many commits a
+message took (`relay_store_commits_total`, with the deliveries' own): the
+part of `dot` that durability costs.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import shutil
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -26,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import loadgen  # noqa: E402
 import run  # noqa: E402
+from peers import free_port  # noqa: E402
 
 PHASES = ("conn", "mail", "rcpt", "data", "dot", "quit")
 
@@ -71,6 +80,54 @@ def percentile_ms(values: list[float], q: float) -> float:
     return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
+def scrape(metrics: str) -> dict[str, float]:
+    """The relay's store samples from /metrics: the commit counter and the
+    commit-wait histogram's cumulative buckets (by upper bound) and count."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    values: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "relay_store_commits_total":
+                values["commits"] = sample.value
+            elif sample.name == "relay_store_commit_wait_seconds_bucket":
+                values[sample.labels["le"]] = sample.value
+            elif sample.name == "relay_store_commit_wait_seconds_count":
+                values["count"] = sample.value
+    return values
+
+
+def settled_scrape(metrics: str, count: float, within: float = 5.0) -> dict[str, float]:
+    """scrape() once the histogram holds `count` waits: the other worker
+    processes report theirs to the one serving /metrics once a second."""
+    deadline = time.monotonic() + within
+    while True:
+        values = scrape(metrics)
+        if values.get("count", 0.0) >= count or time.monotonic() > deadline:
+            return values
+        time.sleep(0.1)
+
+
+def bucket_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:
+    """The q-quantile, in ms, of what the buckets counted between two scrapes,
+    interpolated within its bucket as histogram_quantile does (None if none)."""
+    bounds = sorted((float(le), after[le] - before.get(le, 0.0)) for le in after if le[0].isdigit() or le == "+Inf")
+    total = bounds[-1][1] if bounds else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for upper, cumulative in bounds:
+        if cumulative >= rank:
+            if upper == float("inf"):
+                return round(lower * 1000, 2)
+            share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
+            return round((lower + (upper - lower) * share) * 1000, 2)
+        lower, below = upper, cumulative
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=50)
@@ -85,11 +142,13 @@ def main() -> int:
         out=str(HERE / "results"),
         no_readme=True, readme=False, keep=False, client="lean"))
     bench.stamp = "phases"
+    metrics = f"127.0.0.1:{free_port()}"
+    bench.relay_extra = {"metrics": {"listen": metrics}}
     try:
         bench.start()
         for rep in range(args.reps):
             msgs = run.buyer_msgs(bench.ours, args.n, run.SMALL)
-            cpu0 = bench.ours.cpu()
+            cpu0, store0 = bench.ours.cpu(), scrape(metrics)
             times, wall = run.run_on_fast_loop(load(bench.relay.port, msgs, args.sessions))
             cpu = bench.ours.cpu() - cpu0
             print(f"repetition {rep + 1}: {args.sessions} sessions, {args.n / wall:.0f} messages/s, "
@@ -98,7 +157,11 @@ def main() -> int:
                 values = times[name]
                 print(f"  {name:5}  p50 {percentile_ms(values, .5):7}  p90 {percentile_ms(values, .9):7}  "
                       f"p99 {percentile_ms(values, .99):7}  max {percentile_ms(values, 1):7}")
-            bench.settle()
+            bench.settle()  # (the deliveries' commits of this repetition are counted too)
+            store1 = settled_scrape(metrics, store0.get("count", 0.0) + args.n)
+            print(f"  commit wait (the relay's histogram)  p50 {bucket_quantile(store0, store1, .5)}  "
+                  f"p90 {bucket_quantile(store0, store1, .9)}  p99 {bucket_quantile(store0, store1, .99)}; "
+                  f"commits a message {(store1.get('commits', 0) - store0.get('commits', 0)) / args.n:.3f}")
     finally:
         bench.stop()
         shutil.rmtree(bench.tmp, ignore_errors=True)  # (Bench.run does this for its own runs)

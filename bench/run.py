@@ -298,6 +298,7 @@ class Bench:
         os.chmod(self.tmp, 0o755)
         self.runs: list[dict[str, Any]] = []
         self.extra: dict[str, Any] = {}
+        self.relay_extra: dict[str, dict[str, Any]] = {}  # configuration sections of the main relay (bench/phases.py)
         self.sink: Sink | None = None
         self.postfix: PostfixPeer | None = None
         self.relay: RelayUnderTest | None = None
@@ -339,7 +340,7 @@ class Bench:
         log(f"smtp-sink on 127.0.0.1:{self.sink.port}")
         self.postfix = PostfixPeer(self.tmp / "postfix", self.sink.port).start()
         log(f"Postfix peer on 127.0.0.1:{self.postfix.port} (config {self.postfix.conf})")
-        self.relay, self.orders = self.new_relay("relay", 2000, "all")
+        self.relay, self.orders = self.new_relay("relay", 2000, "all", extra=self.relay_extra or None)
         self.relay.start()
         log(f"relay on 127.0.0.1:{self.relay.port} (pid {self.relay.pid})")
         self.ours = Ours(self.relay, self.sink, self.relay.smtp_source_alias)  # type: ignore[attr-defined]
