@@ -45,7 +45,7 @@ TRANSACTION_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 )
 
-# A message's wait for its durable commit, from half a millisecond (an idle
+# An exchange's wait for its durable commit, from half a millisecond (an idle
 # relay on a fast disk) to 5 s: the write turn, the batch before it, the
 # fsync, the writer thread's turn at the CPU.
 COMMIT_WAIT_BUCKETS = (
@@ -111,8 +111,8 @@ class Metrics:
         )
         self.store_commit_wait_seconds = Histogram(
             "relay_store_commit_wait_seconds",
-            "Time an SMTP transaction waited for its durable commit, from handing its message to the store "
-            "to learning it is on disk.",
+            "Time an exchange's audit row (an accepted message or a refusal), which its SMTP reply waits on, "
+            "took from being handed to the store to being known durable.",
             buckets=COMMIT_WAIT_BUCKETS,
             registry=self.registry,
         )
