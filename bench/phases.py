@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shutil
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -80,47 +82,58 @@ def percentile_ms(values: list[float], q: float) -> float:
     return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
 
 
-def scrape(metrics: str) -> dict[str, float]:
-    """The relay's store samples from /metrics: the commit counter and the
-    commit-wait histogram's cumulative buckets (by upper bound) and count."""
+@dataclass
+class StoreSamples:
+    """The relay's store metrics at one scrape: its commits, and the
+    commit-wait histogram's cumulative buckets by upper bound (seconds; the
+    +Inf bucket is the count)."""
+
+    commits: float = 0.0
+    buckets: dict[float, float] = field(default_factory=dict)
+
+    @property
+    def waits(self) -> float:
+        return self.buckets.get(math.inf, 0.0)
+
+
+def scrape(metrics: str) -> StoreSamples:
+    """The store samples from the relay's /metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    values: dict[str, float] = {}
+    found = StoreSamples()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == "relay_store_commits_total":
-                values["commits"] = sample.value
+                found.commits = sample.value
             elif sample.name == "relay_store_commit_wait_seconds_bucket":
-                values[sample.labels["le"]] = sample.value
-            elif sample.name == "relay_store_commit_wait_seconds_count":
-                values["count"] = sample.value
-    return values
+                found.buckets[float(sample.labels["le"])] = sample.value
+    return found
 
 
-def settled_scrape(metrics: str, count: float, within: float = 5.0) -> dict[str, float]:
-    """scrape() once the histogram holds `count` waits: the other worker
+def settled_scrape(metrics: str, waits: float, within: float = 5.0) -> StoreSamples:
+    """scrape() once the histogram holds `waits` waits: the other worker
     processes report theirs to the one serving /metrics once a second."""
     deadline = time.monotonic() + within
     while True:
-        values = scrape(metrics)
-        if values.get("count", 0.0) >= count or time.monotonic() > deadline:
-            return values
+        found = scrape(metrics)
+        if found.waits >= waits or time.monotonic() > deadline:
+            return found
         time.sleep(0.1)
 
 
-def bucket_quantile(before: dict[str, float], after: dict[str, float], q: float) -> float | None:
+def bucket_quantile(before: StoreSamples, after: StoreSamples, q: float) -> float | None:
     """The q-quantile, in ms, of what the buckets counted between two scrapes,
     interpolated within its bucket as histogram_quantile does (None if none)."""
-    bounds = sorted((float(le), after[le] - before.get(le, 0.0)) for le in after if le[0].isdigit() or le == "+Inf")
+    bounds = sorted((upper, count - before.buckets.get(upper, 0.0)) for upper, count in after.buckets.items())
     total = bounds[-1][1] if bounds else 0.0
     if total <= 0:
         return None
     rank, lower, below = q * total, 0.0, 0.0
     for upper, cumulative in bounds:
         if cumulative >= rank:
-            if upper == float("inf"):
+            if upper == math.inf:
                 return round(lower * 1000, 2)
             share = (rank - below) / (cumulative - below) if cumulative > below else 1.0
             return round((lower + (upper - lower) * share) * 1000, 2)
@@ -158,10 +171,10 @@ def main() -> int:
                 print(f"  {name:5}  p50 {percentile_ms(values, .5):7}  p90 {percentile_ms(values, .9):7}  "
                       f"p99 {percentile_ms(values, .99):7}  max {percentile_ms(values, 1):7}")
             bench.settle()  # (the deliveries' commits of this repetition are counted too)
-            store1 = settled_scrape(metrics, store0.get("count", 0.0) + args.n)
+            store1 = settled_scrape(metrics, store0.waits + args.n)
             print(f"  commit wait (the relay's histogram)  p50 {bucket_quantile(store0, store1, .5)}  "
                   f"p90 {bucket_quantile(store0, store1, .9)}  p99 {bucket_quantile(store0, store1, .99)}; "
-                  f"commits a message {(store1.get('commits', 0) - store0.get('commits', 0)) / args.n:.3f}")
+                  f"commits a message {(store1.commits - store0.commits) / args.n:.3f}")
     finally:
         bench.stop()
         shutil.rmtree(bench.tmp, ignore_errors=True)  # (Bench.run does this for its own runs)
