@@ -28,7 +28,7 @@ import re
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import timezone
+from datetime import datetime, timezone
 from email import policy
 from email.header import Header
 from email.message import EmailMessage, _formatparam  # the stdlib's own parameter quoting
@@ -1002,16 +1002,28 @@ def quoted_mailbox(display: str, address: str) -> str:
 
 
 def _utc_date(message: EmailMessage) -> str:
-    from email.utils import format_datetime, formatdate
     try:
         when = message["Date"].datetime
     except Exception:
         when = None
     if when is None:
-        return formatdate(usegmt=True)
+        return rfc5322_utc(datetime.now(timezone.utc))
     if when.tzinfo is not None:
         when = when.astimezone(timezone.utc)
-    return format_datetime(when.replace(tzinfo=timezone.utc), usegmt=True)
+    return rfc5322_utc(when)
+
+
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def rfc5322_utc(when: datetime) -> str:
+    """`when` (in UTC, or naive and meant as UTC) as a Date header value:
+    what email.utils.format_datetime(..., usegmt=True) writes, without its
+    time tuple and table lookups, once a message (tests/test_rewrite_dates.py
+    compares the two)."""
+    return (f"{_WEEKDAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} {when.year:04d} "
+            f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} GMT")
 
 
 def header_text(message: EmailMessage, name: str) -> str:

@@ -44,6 +44,7 @@ from base64 import b64decode
 from email._header_value_parser import get_addr_spec
 from email.errors import HeaderParseError
 from email.parser import BytesHeaderParser
+from collections.abc import Iterator, Mapping
 from typing import Any, Callable, NamedTuple
 
 import aiosmtpd.smtp
@@ -221,6 +222,46 @@ def _dispatch_names(cls: type) -> list[str]:
     return sorted(n for n in dir(cls) if n.startswith(("smtp_", "auth_", "handle_")))
 
 
+class _BoundOnLookup(Mapping):
+    """One connection's view of its listener's table of command methods or
+    AUTH mechanisms (aiosmtpd's `_smtp_methods`, `_auth_methods`): the
+    model's entries, bound to the connection as they are looked up.
+
+    Binding the whole table on every connection (15 commands, and a
+    namedtuple copy per built-in mechanism) cost more than the commands a
+    one-message session then sends; aiosmtpd reads the tables only with
+    get, `in`, [] and the iteration of HELP and EHLO."""
+
+    __slots__ = ("_owner", "_model", "_bind")
+
+    def __init__(self, owner: "RelaySMTP", model: Mapping[str, Any], bind: Callable[[Any, "RelaySMTP"], Any]):
+        self._owner, self._model, self._bind = owner, model, bind
+
+    def __getitem__(self, name: str) -> Any:
+        return self._bind(self._model[name], self._owner)
+
+    def get(self, name: str, default: Any = None) -> Any:  # (Mapping's would raise and catch a KeyError)
+        entry = self._model.get(name)
+        return default if entry is None else self._bind(entry, self._owner)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._model
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._model)
+
+    def __len__(self) -> int:
+        return len(self._model)
+
+
+def _bind_method(method: Any, owner: "RelaySMTP") -> Any:
+    return method.__func__.__get__(owner)
+
+
+def _bind_mechanism(impl: Any, owner: "RelaySMTP") -> Any:
+    return impl._replace(method=impl.method.__func__.__get__(owner)) if impl.is_builtin else impl
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's protocol with our replies and the session guards.
 
@@ -249,8 +290,8 @@ class RelaySMTP(SMTP):
         protocol that way per listener and setting, never connects it, and
         copies it for each connection.  Every copy gets its own stream state
         (asyncio.StreamReaderProtocol.__init__, as SMTP.__init__ calls it),
-        its command and built-in AUTH methods bound to itself, and fresh
-        per-connection state.  Everything else in the instance is set once by
+        its command and built-in AUTH methods bound to itself (when looked
+        up: _BoundOnLookup), and fresh per-connection state.  Everything else in the instance is set once by
         SMTP.__init__ and only replaced, never changed in place, during a
         session (tests/test_protocol_copies.py checks both)."""
         clone = object.__new__(type(self))
@@ -258,10 +299,8 @@ class RelaySMTP(SMTP):
         asyncio.StreamReaderProtocol.__init__(
             clone, asyncio.StreamReader(loop=self.loop, limit=self.line_length_limit),
             client_connected_cb=clone._cb_client_connected, loop=self.loop)
-        clone._smtp_methods = {name: method.__func__.__get__(clone)
-                               for name, method in self._smtp_methods.items()}
-        clone._auth_methods = {name: impl._replace(method=impl.method.__func__.__get__(clone))
-                               if impl.is_builtin else impl for name, impl in self._auth_methods.items()}
+        clone._smtp_methods = _BoundOnLookup(clone, self._smtp_methods, _bind_method)
+        clone._auth_methods = _BoundOnLookup(clone, self._auth_methods, _bind_mechanism)
         clone._new_connection_state()
         return clone
 

@@ -353,3 +353,42 @@ def test_a_reused_part_header_refuses_a_line_break_as_the_stdlib_does(value):
     for _ in range(2):  # (a refusal is not remembered as a header)
         with pytest.raises(ValueError):
             store_header(EmailMessage(policy=OUT_POLICY), "Content-Type", value)
+
+
+@pytest.mark.parametrize("sent, shown", [
+    ("Mon, 01 Jan 2024 10:00:00 +0000", "Mon, 01 Jan 2024 10:00:00 GMT"),
+    ("Tue, 31 Dec 2024 23:30:05 -0700", "Wed, 01 Jan 2025 06:30:05 GMT"),  # the offset says where they live
+    ("Sat, 29 Feb 2020 00:15:00 +0545", "Fri, 28 Feb 2020 18:30:00 GMT"),
+    ("29 Feb 2020 00:15:00 -0000", "Sat, 29 Feb 2020 00:15:00 GMT"),  # no weekday; -0000: no zone known
+])
+def test_the_date_is_shown_in_utc_with_no_trace_of_the_writers_timezone(sent, shown):
+    out = rewrite(f"From: {SELLER}\r\nDate: {sent}\r\nSubject: hi\r\n\r\nhi\r\n")
+    assert _date_line(out) == shown
+
+
+def _date_line(out: bytes) -> str:
+    """The Date header as written (the stdlib's parser would reformat it)."""
+    [line] = [line for line in out.split(b"\r\n") if line.startswith(b"Date: ")]
+    return line[len(b"Date: "):].decode()
+
+
+def test_a_missing_or_unreadable_date_becomes_the_time_of_relaying():
+    from datetime import datetime, timezone
+    from email.utils import parsedate_to_datetime
+
+    for header in ("", "Date: the day after tomorrow\r\n"):
+        before = datetime.now(timezone.utc).replace(microsecond=0)
+        out = rewrite(f"From: {SELLER}\r\n{header}Subject: hi\r\n\r\nhi\r\n")
+        shown = _date_line(out)
+        assert shown.endswith(" GMT")
+        assert before <= parsedate_to_datetime(shown) <= datetime.now(timezone.utc)
+
+
+@given(st.datetimes(min_value=__import__("datetime").datetime(1, 1, 1), timezones=st.none()))
+def test_the_date_formatter_writes_what_the_stdlib_writes(when):
+    from datetime import timezone
+    from email.utils import format_datetime
+
+    from relay.rewrite import rfc5322_utc
+
+    assert rfc5322_utc(when) == format_datetime(when.replace(tzinfo=timezone.utc), usegmt=True)
