@@ -1020,7 +1020,7 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def rfc5322_utc(when: datetime) -> str:
     """`when` (in UTC, or naive and meant as UTC) as a Date header value:
     what email.utils.format_datetime(..., usegmt=True) writes, without its
-    time tuple and table lookups, once a message (tests/test_rewrite_dates.py
+    time tuple and table lookups, once a message (tests/test_rewrite.py
     compares the two)."""
     return (f"{_WEEKDAYS[when.weekday()]}, {when.day:02d} {_MONTHS[when.month - 1]} {when.year:04d} "
             f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} GMT")

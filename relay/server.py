@@ -41,10 +41,10 @@ import re
 import signal
 import time
 from base64 import b64decode
+from collections.abc import Iterator, Mapping
 from email._header_value_parser import get_addr_spec
 from email.errors import HeaderParseError
 from email.parser import BytesHeaderParser
-from collections.abc import Iterator, Mapping
 from typing import Any, Callable, NamedTuple
 
 import aiosmtpd.smtp
@@ -290,10 +290,11 @@ class RelaySMTP(SMTP):
         protocol that way per listener and setting, never connects it, and
         copies it for each connection.  Every copy gets its own stream state
         (asyncio.StreamReaderProtocol.__init__, as SMTP.__init__ calls it),
-        its command and built-in AUTH methods bound to itself (when looked
-        up: _BoundOnLookup), and fresh per-connection state.  Everything else in the instance is set once by
-        SMTP.__init__ and only replaced, never changed in place, during a
-        session (tests/test_protocol_copies.py checks both)."""
+        its command and built-in AUTH methods bound to itself (as they are
+        looked up: _BoundOnLookup), and fresh per-connection state.
+        Everything else in the instance is set once by SMTP.__init__ and
+        only replaced, never changed in place, during a session
+        (tests/test_protocol_copies.py checks both)."""
         clone = object.__new__(type(self))
         clone.__dict__.update(self.__dict__)
         asyncio.StreamReaderProtocol.__init__(

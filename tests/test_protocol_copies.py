@@ -95,3 +95,31 @@ async def test_a_changed_setting_is_in_the_next_connections_protocol(daemon):
         assert "mx2.relay.example" in (await client.ehlo()).message
     finally:
         await client.quit()
+
+
+async def test_a_copy_answers_help_and_unknown_commands_as_a_protocol_built_anew(daemon):
+    """aiosmtpd reads a connection's command table with get() (dispatch,
+    HELP <verb>) and items() (HELP): a copy's table, bound as it is looked
+    up, must give what a table of bound methods gives."""
+    copied, fresh = daemon._protocol("mx"), _built_anew(daemon)
+    assert dict(copied._smtp_methods).keys() == fresh._smtp_methods.keys()
+    assert copied._smtp_methods.get("NOSUCH") is None and "NOSUCH" not in copied._smtp_methods
+    for name, method in copied._smtp_methods.items():
+        assert method.__func__ is fresh._smtp_methods[name].__func__ and method.__self__ is copied
+    mechanisms = {name: impl for name, impl in copied._auth_methods.items()}
+    assert mechanisms.keys() == fresh._auth_methods.keys() and len(copied._auth_methods) == len(mechanisms)
+    for name, impl in mechanisms.items():
+        assert name in copied._auth_methods and impl.is_builtin == fresh._auth_methods[name].is_builtin
+
+    client = aiosmtplib.SMTP(hostname="127.0.0.1", port=daemon.port, timeout=10)
+    await client.connect()
+    try:
+        await client.ehlo()
+        listed = await client.execute_command(b"HELP")
+        assert listed.code == 250 and "MAIL" in listed.message.split() and "RCPT" in listed.message.split()
+        syntax = await client.execute_command(b"HELP", b"MAIL")
+        assert syntax.code == 250 and syntax.message.startswith("Syntax: MAIL FROM:")
+        unknown = await client.execute_command(b"FROB")
+        assert unknown.code == 500
+    finally:
+        await client.quit()
