@@ -102,7 +102,10 @@ class Delivery:
 
     def submit(self, entry: QueueEntry, data: bytes | Chunks) -> None:
         """A message just committed, claimed by `owner`: deliver it now, from
-        memory (no query, no read of its bytes; a large one in pieces, relay.chunks)."""
+        memory (no query, no read of its bytes; a large one in pieces, relay.chunks).
+        `data` is the rewriter's output, whose line endings are all CRLF
+        (relay.rewrite.normalize_line_endings): framing it for the next hop
+        does not count them again (_deliver)."""
         if entry.id in self._in_flight:
             return
         self._in_flight.add(entry.id)
@@ -190,6 +193,7 @@ class Delivery:
                 self._sending.discard(task)
 
     async def _deliver(self, entry: QueueEntry, slot: int, data: bytes | Chunks | None = None) -> None:
+        crlf_known = data is not None  # handed over by submit(), not read back from the store
         if data is None:
             data = await self.store.queue_message(entry.id)
         if data is None:
@@ -201,7 +205,7 @@ class Delivery:
             if self.settings.delivery.mode == "maildir":
                 await asyncio.get_running_loop().run_in_executor(None, self._to_maildir, entry, data)
             else:
-                await self._to_smarthost(entry, data, slot)
+                await self._to_smarthost(entry, data, slot, crlf_known)
         except PermanentFailure as exc:
             await self._fail(entry, str(exc))
             return
@@ -278,7 +282,8 @@ class Delivery:
         finally:
             os.close(dir_fd)
 
-    async def _to_smarthost(self, entry: QueueEntry, data: bytes | Chunks, slot: int) -> None:
+    async def _to_smarthost(self, entry: QueueEntry, data: bytes | Chunks, slot: int,
+                            crlf_known: bool = False) -> None:
         for attempt in (0, 1):
             client = self._clients[slot] if slot < len(self._clients) else None
             reused = client is not None and client.is_connected
@@ -287,7 +292,7 @@ class Delivery:
                     client = await self._connect()
                     if slot < len(self._clients):
                         self._clients[slot] = client
-                await self._send(client, entry, data)
+                await self._send(client, entry, data, crlf_known)
                 return
             except aiosmtplib.SMTPServerDisconnected:
                 self._drop(slot)
@@ -333,12 +338,13 @@ class Delivery:
             self._clients[slot] = None
 
     async def _send(self, client: aiosmtplib.SMTP | PipelinedConnection, entry: QueueEntry,
-                    data: bytes | Chunks) -> None:
-        if isinstance(client, aiosmtplib.SMTP):
-            # aiosmtplib takes one bytes object (and makes its own framed copies of it).
-            data = joined(data)
+                    data: bytes | Chunks, crlf_known: bool = False) -> None:
         try:
-            errors, _ = await client.sendmail(entry.mail_from, [entry.rcpt_to], data)
+            if isinstance(client, aiosmtplib.SMTP):
+                # aiosmtplib takes one bytes object (and makes its own framed copies of it).
+                errors, _ = await client.sendmail(entry.mail_from, [entry.rcpt_to], joined(data))
+            else:
+                errors, _ = await client.sendmail(entry.mail_from, [entry.rcpt_to], data, crlf_known)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             codes = [r.code for r in exc.recipients]
             await _reset(client)

@@ -104,7 +104,7 @@ class Threading:
 
 @dataclass
 class RewriteResult:
-    data: bytes | Chunks  # Chunks when larger than JOIN_BELOW (relay.chunks)
+    data: bytes | Chunks  # Chunks when larger than JOIN_BELOW (relay.chunks); every line ends in CRLF
     parts: list[TextPart] = field(default_factory=list)
     attachments: list[Attachment] = field(default_factory=list)
     subject: str = ""

@@ -296,3 +296,23 @@ async def test_a_hop_that_refuses_mid_content_and_stops_reading_gets_its_refusal
         done.set()
         server.close()
         await server.wait_closed()
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b"\r\n", b"\n", b"\r", b".", b"..", b"a", b"Subject: x", b" "]), max_size=30),
+       st.integers(min_value=1, max_value=7))
+def test_framing_what_is_known_to_be_crlf_only_equals_framing_it_checked(pieces, piece_size):
+    """Delivery frames the rewriter's output without counting its line
+    endings again (crlf_known): for anything the rewriter can hand over
+    (normalize_line_endings' output, whole or in pieces), the octets sent
+    must be the ones the checked framing sends."""
+    from relay.chunks import Chunks
+    from relay.pipelining import frame_content
+    from relay.rewrite import normalize_line_endings
+
+    data = normalize_line_endings(b"".join(pieces))
+    in_pieces = Chunks([data[i:i + piece_size] for i in range(0, len(data), piece_size)] or [b""])
+    for message in (data, in_pieces):
+        size, chunks = frame_content(message)
+        known_size, known_chunks = frame_content(message, crlf_known=True)
+        assert (known_size, b"".join(known_chunks)) == (size, b"".join(chunks))

@@ -392,3 +392,30 @@ def test_the_date_formatter_writes_what_the_stdlib_writes(when):
     from relay.rewrite import rfc5322_utc
 
     assert rfc5322_utc(when) == format_datetime(when.replace(tzinfo=timezone.utc), usegmt=True)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["\r\n", "\n", "\r", ".", "a", " ", "bob.real@buyer.test", "=0D=0A", "x" * 200]),
+                max_size=40),
+       st.sampled_from(["text/plain", "text/html"]), st.sampled_from(["7bit", "quoted-printable", "base64"]))
+def test_the_rewritten_message_has_only_crlf_line_endings(pieces, subtype, cte):
+    """Delivery frames the rewriter's output without counting its line
+    endings again (relay.delivery, Delivery.submit): every CR and LF of
+    it must be in a CRLF, whatever line endings the body came with."""
+    from relay.smtpdata import crlf_only
+
+    body = "".join(pieces)
+    if cte == "base64":
+        encoded = base64.encodebytes(body.encode()).decode().replace("\n", "\r\n")
+    elif cte == "quoted-printable":
+        import quopri
+        encoded = quopri.encodestring(body.encode()).decode()
+    else:
+        encoded = body
+    raw = (f"From: {SELLER}\r\nSubject: hi\r\nContent-Type: {subtype}; charset=utf-8\r\n"
+           f"Content-Transfer-Encoding: {cte}\r\n\r\n{encoded}")
+    try:
+        out = rewrite(raw)
+    except RewriteError:
+        return  # refused: nothing is delivered
+    assert crlf_only(out)
