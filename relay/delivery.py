@@ -282,8 +282,7 @@ class Delivery:
         finally:
             os.close(dir_fd)
 
-    async def _to_smarthost(self, entry: QueueEntry, data: bytes | Chunks, slot: int,
-                            crlf_known: bool = False) -> None:
+    async def _to_smarthost(self, entry: QueueEntry, data: bytes | Chunks, slot: int, crlf_known: bool) -> None:
         for attempt in (0, 1):
             client = self._clients[slot] if slot < len(self._clients) else None
             reused = client is not None and client.is_connected
@@ -338,7 +337,7 @@ class Delivery:
             self._clients[slot] = None
 
     async def _send(self, client: aiosmtplib.SMTP | PipelinedConnection, entry: QueueEntry,
-                    data: bytes | Chunks, crlf_known: bool = False) -> None:
+                    data: bytes | Chunks, crlf_known: bool) -> None:
         try:
             if isinstance(client, aiosmtplib.SMTP):
                 # aiosmtplib takes one bytes object (and makes its own framed copies of it).

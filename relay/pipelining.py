@@ -183,11 +183,11 @@ def frame_content(message: bytes | Chunks, crlf_known: bool = False) -> tuple[in
     rewriter's output, relay.rewrite.normalize_line_endings), so it is not
     counted again: three passes over the message, 16 % of the event loop's
     time under 100 KB messages (bench/README.md)."""
-    if isinstance(message, bytes) and message.endswith(b"\r\n") and (crlf_known or crlf_only(message)) \
-            and not message.startswith(b".") and b"\n." not in message:
+    crlf = message.endswith(b"\r\n") and (crlf_known or crlf_only(message))  # (counted once, whichever way)
+    if crlf and isinstance(message, bytes) and not message.startswith(b".") and b"\n." not in message:
         return len(message), [message, b".\r\n"]  # the common case, at once
     data = message if isinstance(message, Chunks) else Chunks([message])
-    if not (data.endswith(b"\r\n") and (crlf_known or crlf_only(data))):
+    if not crlf:
         data = Chunks([normalize_message_line_endings(data.join())])  # not the relay's output
     return len(data), _dot_stuffed(data)
 

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import quopri
 import re
+from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from email.utils import format_datetime, parsedate_to_datetime
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leakcheck_basic import all_decoded_text
-from relay.rewrite import Parties, RewriteError, Scrubber, Threading, rewrite_message
+from relay.rewrite import Parties, RewriteError, Scrubber, Threading, rewrite_message, rfc5322_utc
+from relay.smtpdata import crlf_only
 
 SELLER = "sam.real@shop.example"
 BUYER = "bob.real@buyer.test"
@@ -373,9 +377,6 @@ def _date_line(out: bytes) -> str:
 
 
 def test_a_missing_or_unreadable_date_becomes_the_time_of_relaying():
-    from datetime import datetime, timezone
-    from email.utils import parsedate_to_datetime
-
     for header in ("", "Date: the day after tomorrow\r\n"):
         before = datetime.now(timezone.utc).replace(microsecond=0)
         out = rewrite(f"From: {SELLER}\r\n{header}Subject: hi\r\n\r\nhi\r\n")
@@ -384,13 +385,8 @@ def test_a_missing_or_unreadable_date_becomes_the_time_of_relaying():
         assert before <= parsedate_to_datetime(shown) <= datetime.now(timezone.utc)
 
 
-@given(st.datetimes(min_value=__import__("datetime").datetime(1, 1, 1), timezones=st.none()))
+@given(st.datetimes(min_value=datetime(1, 1, 1), timezones=st.none()))
 def test_the_date_formatter_writes_what_the_stdlib_writes(when):
-    from datetime import timezone
-    from email.utils import format_datetime
-
-    from relay.rewrite import rfc5322_utc
-
     assert rfc5322_utc(when) == format_datetime(when.replace(tzinfo=timezone.utc), usegmt=True)
 
 
@@ -402,13 +398,10 @@ def test_the_rewritten_message_has_only_crlf_line_endings(pieces, subtype, cte):
     """Delivery frames the rewriter's output without counting its line
     endings again (relay.delivery, Delivery.submit): every CR and LF of
     it must be in a CRLF, whatever line endings the body came with."""
-    from relay.smtpdata import crlf_only
-
     body = "".join(pieces)
     if cte == "base64":
         encoded = base64.encodebytes(body.encode()).decode().replace("\n", "\r\n")
     elif cte == "quoted-printable":
-        import quopri
         encoded = quopri.encodestring(body.encode()).decode()
     else:
         encoded = body
