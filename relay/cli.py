@@ -392,7 +392,8 @@ async def audit_show(store: Store, settings: Settings, args: argparse.Namespace)
         raise UsageError(f"no audit record {args.id}")
     data = row[args.part]
     if data is None:
-        raise UsageError(f"audit record {args.id} has no {args.part} message (it was not relayed)")
+        why = "it was not relayed" if args.part == "outbound" else "it was refused before its content was read"
+        raise UsageError(f"audit record {args.id} has no {args.part} message ({why})")
     sys.stdout.buffer.write(bytes(data))
     sys.stdout.buffer.flush()
     return 0

@@ -211,6 +211,23 @@ class Pipeline:
                       reasons=record.reasons, alias=recipient.address)
         return NOT_AUTHORIZED
 
+    async def refuse_data(self, recipient: Recipient, mail_from: str, reason: str, reply: str) -> str:
+        """Audit a DATA block to a known alias that the SMTP layer refused
+        unread (relay.server DATA_REFUSALS): `reply`, or a 451 if it could
+        not be recorded (the sender tries again, and is refused again)."""
+        record = AuditRecord(
+            received_at=utc_now_iso(), order_id=recipient.order.id if recipient.order else None,
+            direction=recipient.direction, sender=mail_from, recipient=recipient.address,
+            verdict="rejected", reasons=[reason],
+            findings=[{"code": reason, "fragment": "", "location": "message"}])
+        try:
+            audit_id = await self.store.record_rejection(record)
+        except StorageError as exc:
+            return storage_reply(exc)
+        self.log.info("message.rejected", audit_id=audit_id, order=record.order_id, stage="data",
+                      reasons=record.reasons, alias=recipient.address)
+        return reply
+
     # -------------------------------------------------------------- DATA
 
     async def process(self, mail_from: str, recipient: Recipient, content: bytes,

@@ -566,15 +566,16 @@ class RelaySMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         state, content = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
-        if state is DataState.TOO_LONG:
-            await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
-        elif state is DataState.TOO_MUCH:
-            await self.push("552 Error: Too much mail data")
-        if state is not DataState.NOMINAL:
-            self._set_post_data_state()
-            return
-        if content is None:
+        if state is DataState.ABANDONED:
             return  # the client went away before the end of its data
+        if state is not DataState.NOMINAL:
+            reply, reason = DATA_REFUSALS[state]
+            if isinstance(self.event_handler, RelayHandler):
+                reply = await self.event_handler.data_refused(self.envelope, reason, reply)
+            self._set_post_data_state()
+            await self.push(reply)
+            return
+        assert content is not None
         self.envelope.content = self.envelope.original_content = content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
@@ -678,6 +679,14 @@ class RelaySMTP(SMTP):
         self.seller_id = seller_id
         d.log.info("session.authenticated", seller=seller_id, listener=self.listener)
         return AuthResult(success=True, auth_data=seller_id)
+
+
+# aiosmtpd's replies to a DATA block it will not take (translated by
+# _reply), and the reason the audit records when the block was for an alias.
+DATA_REFUSALS = {
+    DataState.TOO_LONG: ("500 Line too long (see RFC5321 4.5.3.1.6)", "malformed"),
+    DataState.TOO_MUCH: ("552 Error: Too much mail data", "message_too_large"),
+}
 
 
 class RelayHandler:
@@ -818,6 +827,17 @@ class RelayHandler:
                 if server.transaction_started is not None and self.daemon is not None:
                     self.daemon.metrics.observe_transaction(time.perf_counter() - server.transaction_started)
                 server.transaction_started = None
+
+    async def data_refused(self, envelope: Envelope, reason: str, reply: str) -> str:
+        """A DATA block refused before it was read whole (too large, a line
+        too long): for an alias, still an exchange, so audited (CONTRACT:
+        every message to a known alias is), without its octets, which were
+        never kept.  The reply to send: `reply`, or a 451 if the audit
+        could not be written."""
+        recipient: Recipient | None = getattr(envelope, "relay_recipient", None)
+        if recipient is None or recipient.kind != "alias":
+            return reply
+        return await self.pipeline.refuse_data(recipient, envelope.mail_from or "", reason, reply)
 
     def _as_authenticated_seller(self, recipient: Recipient, mail_from: str, content: bytes) -> Recipient:
         """An authenticated seller writes from any address.

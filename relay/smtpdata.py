@@ -41,12 +41,13 @@ class DataState(enum.Enum):
     NOMINAL = enum.auto()
     TOO_LONG = enum.auto()
     TOO_MUCH = enum.auto()
+    ABANDONED = enum.auto()  # the stream ended before the end of data: no message, no exchange
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
                     line_limit: int = 1001) -> tuple[DataState, bytes | None]:
     """Read up to the end of data: (state, the unstuffed content when
-    NOMINAL, else None).  (state, None) too if the stream ended first.
+    NOMINAL, else None).  (ABANDONED, None) if the stream ended first.
 
     When a block is both too large and has an over-long line, the one that
     starts first in the stream decides (aiosmtpd decides within a line by
@@ -69,7 +70,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int | None,
         # below must come before whatever the reader still holds.
         chunk = await reader.read(READ_SIZE)
         if not chunk:
-            return state, None
+            return DataState.ABANDONED, None
         buf += chunk
         end = buf.find(END, scanned)
         if state is DataState.NOMINAL:

@@ -73,6 +73,48 @@ async def test_size_limit_is_advertised_and_enforced(relay_factory, sink):
         assert s.cmd("DATA").startswith("354")
         assert s.cmd(CLEAN.format(frm="sam@shop.example", to="x").encode() + b".").startswith("250")
     await sink.wait_for_count(1)
+    # The contract: every message to a known alias is an exchange and is
+    # audited, the one refused for its size too (its octets were never kept).
+    refused, accepted = relay.audit("o1")
+    assert (refused["verdict"], refused["reasons"], refused["delivery"]) == ("rejected", ["message_too_large"], None)
+    assert refused["recipient"] == aliases["buyer_alias"] and refused["sender"] == "sam@shop.example"
+    shown = relay.cli("audit", "show", str(refused["id"]))
+    assert shown.returncode == 2 and b"refused before its content was read" in shown.stderr
+    assert accepted["verdict"] == "accepted"
+
+
+async def test_a_line_too_long_is_refused_and_audited(relay_factory, sink):
+    relay = await relay_factory()
+    relay.add_seller("s1", "Shop", ["sam@shop.example"])
+    aliases = relay.open_order("o1", "s1", "bob@buyer.test")
+    with session(relay) as s:
+        for header in ("", "X-Long: " + "y" * 1200 + "\r\n"):
+            assert s.cmd("MAIL FROM:<sam@shop.example>").startswith("250")
+            assert s.cmd(f"RCPT TO:<{aliases['buyer_alias']}>").startswith("250")
+            assert s.cmd("DATA").startswith("354")
+            body = header + CLEAN.format(frm="sam@shop.example", to=aliases["buyer_alias"])
+            if not header:
+                body += "z" * 1200 + "\r\n"
+            assert s.cmd(body.encode() + b".").startswith("500 5.5.2")
+    rows = relay.audit("o1")
+    assert [(r["verdict"], r["reasons"], r["direction"]) for r in rows] == [("rejected", ["malformed"],
+                                                                             "seller_to_buyer")] * 2
+    assert sink.messages == []
+
+
+async def test_data_cut_off_by_the_client_is_no_exchange(relay_factory):
+    relay = await relay_factory({"limits": {"message_size": 2000}})
+    relay.add_seller("s1", "Shop", ["sam@shop.example"])
+    aliases = relay.open_order("o1", "s1", "bob@buyer.test")
+    for tail in (b"x" * 5000 + b"\r\n", b"y" * 1500 + b"\r\n"):  # too much, a line too long: never ended
+        with session(relay) as s:
+            s.cmd("MAIL FROM:<sam@shop.example>")
+            s.cmd(f"RCPT TO:<{aliases['buyer_alias']}>")
+            assert s.cmd("DATA").startswith("354")
+            s.send(b"Subject: cut\r\n\r\n" + tail)
+    with session(relay) as s:  # (the sessions above have ended once this one is served)
+        assert s.cmd("NOOP").startswith("250")
+    assert relay.audit("o1") == []
 
 
 async def test_one_alias_per_transaction(scenario):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from relay.smtpdata import DataState, read_data
@@ -24,7 +25,7 @@ async def _reference(reader: asyncio.StreamReader, size_limit: int | None):
         try:
             line = await reader.readuntil(b"\r\n")
         except asyncio.IncompleteReadError:
-            return state, None
+            return DataState.ABANDONED, None
         except asyncio.LimitOverrunError as e:
             if state is DataState.NOMINAL:
                 state = DataState.TOO_LONG
@@ -112,3 +113,15 @@ def test_ten_mebibytes_in_chunks():
         assert await reader.readuntil(b"\r\n") == b"QUIT\r\n"
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize("stream, size_limit", [
+    (b"Subject: a\r\n\r\nnot ended\r\n", None),      # nominal so far
+    (b"x" * 1500 + b"\r\nmore\r\n", None),           # a line too long
+    (b"y" * 70 + b"\r\n" + b"z" * 70 + b"\r\n", 100),  # too much
+])
+def test_a_block_the_client_never_ends_is_abandoned(stream, size_limit):
+    """No end of data, no message: whatever was judged so far, the session
+    has nothing to answer or record (relay.server)."""
+    (state, content), rest = asyncio.run(_run(lambda r, lim: read_data(r, lim, LIMIT), stream, [7], size_limit))
+    assert (state, content, rest) == (DataState.ABANDONED, None, b"")

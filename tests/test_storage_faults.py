@@ -102,3 +102,23 @@ async def test_locked_store_gives_451_then_recovers(relay_factory, sink, tmp_pat
     (delivered,) = await sink.wait_for_count(1)
     assert b"parcel 2" in delivered.data
     assert [r["verdict"] for r in relay.audit()] == ["accepted"]
+
+
+async def test_a_size_refusal_that_cannot_be_audited_is_a_451(relay_factory, tmp_path):
+    """Every message to an alias is audited, the one refused for its size
+    too; while its audit row cannot be written the sender hears 451 (and
+    sends again), never a 552 that leaves no record."""
+    relay = await relay_factory({"store": {"busy_timeout": 0.3}, "limits": {"message_size": 2000}})
+    relay.add_seller("s1", "Shop", [SELLER])
+    alias = relay.open_order("o1", "s1", "bob@buyer.test")["buyer_alias"]
+    locker = sqlite3.connect(relay.config["store"]["path"], isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        code, reply = send(relay, alias, 1)
+        assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    code, reply = send(relay, alias, 2)
+    assert code == 552 and reply.startswith(b"5.3.4"), (code, reply)
+    assert [(r["verdict"], r["reasons"]) for r in relay.audit()] == [("rejected", ["message_too_large"])]
