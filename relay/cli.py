@@ -30,8 +30,7 @@ class UsageError(Exception):
 
 class ArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one sentence, exit 2
-        self.print_usage(sys.stderr)
-        print(f"relay: error: {message}", file=sys.stderr)
+        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
@@ -105,6 +104,20 @@ def build_parser() -> ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console script.  A reader that stops early (`relay audit list |
+    head -1`) ends the command quietly with exit 1, as the shell's own tools
+    do, instead of a traceback for the broken pipe."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # (here, not at the interpreter's exit, where a broken pipe is reported)
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more goes to the pipe, at exit either
+        return 1
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings(getattr(args, "config", None))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def rows(db: Path, table: str) -> int:
 def assert_usage_error(result: subprocess.CompletedProcess, *words: str) -> None:
     assert result.returncode == 2, result
     err = result.stderr.decode()
-    assert err.startswith("relay: ") or "usage:" in err, err
+    assert err.startswith("relay") and len(err.strip().splitlines()) == 1, err  # one sentence (CONTRACT.md)
     for word in words:
         assert word in err, err
     assert "Traceback" not in err
@@ -132,6 +133,28 @@ def test_usage_errors_exit_2(cli):
     assert_usage_error(cli("frobnicate"))
     assert_usage_error(cli("seller", "add", "s1"))
     assert_usage_error(cli("filter", "test", "/no/such.eml", "--from", "a@b.example", "--to", "x@relay.example"))
+
+
+def test_a_usage_error_names_the_command_and_its_help(cli):
+    err = cli("seller", "add", "s1").stderr.decode()
+    assert err.startswith("relay seller add: ") and "--name" in err and "relay seller add --help" in err, err
+
+
+@pytest.mark.parametrize("args", [("optout", "list"), ("check-config",), ("seller", "add", "s1", "--name", "S",
+                                                                          "--email", "s@shop.example")])
+def test_a_reader_that_stops_early_gets_no_traceback(cli, tmp_path, args):
+    """`relay audit list | head -1`: once the reader has gone, the command
+    stops quietly (exit 1: not everything was written), as the shell's own
+    tools do, with no Python traceback on stderr."""
+    assert cli("optout", "add", "bob@buyer.test").returncode == 0
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has gone before the first line
+    try:
+        result = subprocess.run([sys.executable, "-m", "relay", "--config", str(tmp_path / "relay.toml"), *args],
+                                cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, timeout=60)
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1 and result.stderr == b"", result.stderr.decode()
 
 
 def test_config_flag_after_the_command_works(tmp_path):
