@@ -124,8 +124,37 @@ async def test_opt_out_critical_and_replies(shop):
     code, reply = send(relay, message(alias, "The carrier lost it; a new one ships today.", subject="Re: why",
                                       in_reply_to=buyer_msg_id))
     assert code == 250, reply
-    # A "Re:" subject alone does not make a reply.
-    assert_rejected(send(relay, message(alias, "Anything else I can do?", subject="Re: why")), "opted_out")
+    # Once the buyer has written in this order, the seller's mail there is
+    # solicited (CONTRACT: the opt-out is from unsolicited seller messages;
+    # unsolicited: the buyer has not written in that order), threaded or not.
+    assert send(relay, message(alias, "Anything else I can do?", subject="A follow-up"))[0] == 250
+
+
+async def test_opt_out_holds_in_orders_the_buyer_has_not_written_in(shop):
+    relay, aliases = await shop()
+    other = relay.open_order("o2", "s1", BUYER, "Bob")
+    relay.cli("optout", "add", BUYER, check=True)
+    assert send(relay, message(aliases["seller_alias"], "Where is my parcel?", frm=BUYER), mail_from=BUYER)[0] == 250
+    assert send(relay, message(aliases["buyer_alias"], "It is on its way.", subject="Re: parcel"))[0] == 250
+    # The buyer wrote in o1 only: in o2 the seller's message is unsolicited.
+    assert_rejected(send(relay, message(other["buyer_alias"], "A note about your other order.")), "opted_out")
+    # A reply that names o1's buyer message from o2 is no reply in o2 either.
+    buyer_msg_id = message_from_bytes((await relay.sink.wait_for_count(2))[0].data, policy=policy.default)["Message-ID"]
+    assert_rejected(send(relay, message(other["buyer_alias"], "About that.", subject="Re: parcel",
+                                        in_reply_to=buyer_msg_id)), "opted_out")
+
+
+async def test_critical_quota_spares_orders_the_buyer_has_written_in(shop):
+    """[Important] is rationed because it passes an opt-out; where the
+    buyer's own message already lets the seller answer, it costs nothing."""
+    relay, aliases = await shop({"filters": {"critical_quota": 1, "unsolicited_limit": 10}})
+    relay.cli("optout", "add", BUYER, check=True)
+    alias = aliases["buyer_alias"]
+    assert send(relay, message(alias, "Recall notice for your kettle.", subject="[Important] recall"))[0] == 250
+    assert_rejected(send(relay, message(alias, "Second recall notice.", subject="[Important] recall 2")),
+                    "critical_quota")
+    assert send(relay, message(aliases["seller_alias"], "Which kettle?", frm=BUYER), mail_from=BUYER)[0] == 250
+    assert send(relay, message(alias, "The blue one.", subject="[Important] Re: recall"))[0] == 250
 
 
 async def test_critical_quota(shop):

@@ -137,6 +137,13 @@ class FilterContext:
     critical_sent_window: int = 0  # accepted critical messages of this seller to opted-out buyers in the window
     previous_fingerprints: frozenset[str] = field(default_factory=frozenset)  # accepted texts in this order
 
+    @property
+    def solicited(self) -> bool:
+        """The buyer has written in this order, so the seller's mail here
+        answers them (CONTRACT: unsolicited means the buyer has not written
+        in that order), threaded as a reply or not."""
+        return self.buyer_has_written or self.is_reply_to_buyer
+
 
 class Filter(Protocol):
     """One step of the chain. `name` is the key used in [filters] config."""

@@ -14,30 +14,32 @@ from relay.filters.settings import FilterSettings
 
 @dataclass
 class OptedOut:
-    """A buyer who opted out gets only critical mail and replies to their own messages."""
+    """A buyer who opted out gets only critical mail, and the seller's
+    mail in orders where the buyer has written (ctx.solicited)."""
 
     settings: FilterSettings
     name: str = "opted_out"
     directions: frozenset[str] = FROM_SELLER
 
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
-        if not ctx.buyer_opted_out or ctx.critical or ctx.is_reply_to_buyer:
+        if not ctx.buyer_opted_out or ctx.critical or ctx.solicited:
             return []
         return [Finding("opted_out", "", "envelope",
-                        "The buyer has opted out of unsolicited messages; only messages marked [Important] "
-                        "or replies to the buyer's own messages are delivered.")]
+                        "The buyer has opted out of unsolicited messages; until the buyer writes to you in this "
+                        "order, only messages marked [Important] are delivered.")]
 
 
 @dataclass
 class CriticalQuota:
-    """[Important] bypasses an opt-out, so it is rationed per seller."""
+    """[Important] bypasses an opt-out, so it is rationed per seller, where
+    it is what lets the message through (not in a solicited order)."""
 
     settings: FilterSettings
     name: str = "critical_quota"
     directions: frozenset[str] = FROM_SELLER
 
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
-        if not (ctx.critical and ctx.buyer_opted_out) or ctx.is_reply_to_buyer:
+        if not (ctx.critical and ctx.buyer_opted_out) or ctx.solicited:
             return []
         if ctx.critical_sent_window < self.settings.critical_quota:
             return []
