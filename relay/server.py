@@ -121,6 +121,17 @@ _REPLY_TRANSLATIONS = {
                                     "which this server does not offer",
 }
 _SIZE_REPLIES = {"552 Error: Too much mail data", "552 Error: message size exceeds fixed maximum message size"}
+# RFC 2034: EHLO offers ENHANCEDSTATUSCODES, so every 2xx, 4xx and 5xx reply
+# but the greeting and the HELO/EHLO answer carries one.  Ours are written
+# with theirs; aiosmtpd's ("250 OK", "503 Error: need MAIL command", "221
+# Bye" ...) get the class's usual code (RFC 3463, as Postfix answers).
+_HAS_ENHANCED_CODE = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_USUAL_ENHANCED_CODE = {
+    "214": "2.0.0", "220": "2.0.0", "221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "252": "2.0.0",
+    "421": "4.3.0", "450": "4.0.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0",
+    "500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "504": "5.5.4", "530": "5.7.0",
+    "535": "5.7.8", "550": "5.0.0", "552": "5.3.4", "553": "5.1.3", "554": "5.0.0", "555": "5.5.4",
+}
 _CALL_LIMIT_REPLY = re.compile(r"421 4\.7\.0 \w+ sent too many times")
 _REASON_IN_REPLY = re.compile(r"\[(\w+)\]")
 _UNPRINTABLE = re.compile(r"[^\x20-\x7e]")  # a reply line is printable US-ASCII (RFC 5321 section 4.2)
@@ -136,11 +147,13 @@ class _Reply(NamedTuple):
 
 
 @functools.lru_cache(maxsize=512)
-def _reply(status: str) -> _Reply:
+def _reply(status: str, hostname: str = "") -> _Reply:
     """`status` as the client gets it: aiosmtpd's wording replaced where it
-    is not ours (_REPLY_TRANSLATIONS), every line printable US-ASCII, CRLF
-    at the end.  Worked out once per distinct reply: nearly every reply is
-    one of a few constant strings, and push sends seven a message."""
+    is not ours (_REPLY_TRANSLATIONS), an enhanced status code where it has
+    none (the greeting and the answer to HELO, which name `hostname`, go as
+    they are), every line printable US-ASCII, CRLF at the end.  Worked out
+    once per distinct reply: nearly every reply is one of a few constant
+    strings, and push sends seven a message."""
     original = status
     status = _REPLY_TRANSLATIONS.get(status, status)
     if status.startswith("500 Error: (") or status.startswith("500 Error: Cannot describe"):
@@ -149,6 +162,9 @@ def _reply(status: str) -> _Reply:
         # aiosmtpd echoes the unknown verb, control characters included
         # (a vertical tab splits the reply line for some clients).
         status = "500 5.5.1 Command not recognized"
+    if status[3:4] == " " and not _HAS_ENHANCED_CODE.match(status) and status[:3] in _USUAL_ENHANCED_CODE \
+            and status != f"250 {hostname}" and not status.startswith(f"220 {hostname} "):
+        status = f"{status[:4]}{_USUAL_ENHANCED_CODE[status[:3]]} {status[4:]}"
     if status.startswith("250-"):  # the EHLO reply, written at once (handle_EHLO)
         status = "\r\n".join(_UNPRINTABLE.sub("?", line) for line in status.split("\r\n"))
     else:  # one line, whatever text went into it
@@ -511,7 +527,7 @@ class RelaySMTP(SMTP):
         if not isinstance(status, str):
             await super().push(status)
             return
-        reply = _reply(status)
+        reply = _reply(status, self.hostname)
         close, over_budget = reply.closes, False
         d = self.daemon
         if d is not None:
@@ -708,6 +724,9 @@ class RelayHandler:
         if getattr(server, "listener", "mx") != "submission":
             # aiosmtpd offers AUTH on any TLS session; the MX never authenticates anyone.
             responses = [r for r in responses if not r[4:].upper().startswith("AUTH")]
+        # aiosmtpd takes pipelined commands as they come (RFC 2920) and
+        # every reply carries an enhanced status code (RFC 2034, _reply).
+        responses[-1:-1] = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
         # One write for the whole multi-line reply: aiosmtpd pushes each list
         # item on its own, a send() per line.
         return ["\r\n".join(responses)]

@@ -118,7 +118,7 @@ async def test_a_copy_answers_help_and_unknown_commands_as_a_protocol_built_anew
         listed = await client.execute_command(b"HELP")
         assert listed.code == 250 and "MAIL" in listed.message.split() and "RCPT" in listed.message.split()
         syntax = await client.execute_command(b"HELP", b"MAIL")
-        assert syntax.code == 250 and syntax.message.startswith("Syntax: MAIL FROM:")
+        assert syntax.code == 250 and syntax.message.startswith("2.0.0 Syntax: MAIL FROM:")  # (RFC 2034)
         unknown = await client.execute_command(b"FROB")
         assert unknown.code == 500
     finally:

@@ -27,6 +27,48 @@ async def test_banner_names_no_software_or_version(relay):
     assert "SIZE 26214400" in ehlo
 
 
+async def test_ehlo_offers_pipelining_and_enhanced_status_codes(relay):
+    with RawSMTP(*relay.mx) as s:
+        ehlo = s.cmd("EHLO client.test").splitlines()
+    assert {"250-PIPELINING", "250-ENHANCEDSTATUSCODES"} <= set(ehlo) and ehlo[-1].startswith("250 ")
+
+
+ENHANCED = re.compile(r"[245]\d\d [245]\.\d{1,3}\.\d{1,3} \S")
+
+
+async def test_every_reply_carries_an_enhanced_status_code(scenario):
+    """RFC 2034 section 3: once ENHANCEDSTATUSCODES is offered, every 2xx,
+    4xx and 5xx reply but the greeting's and HELO's or EHLO's carries one."""
+    alias = scenario.buyer_alias
+    replies = []
+    with RawSMTP(*scenario.relay.mx) as s:
+        assert s.cmd("HELO client.test") == "250 mx.relay.example"
+        for line in ("NOOP", "RSET", "HELP", "HELP MAIL", "HELP FOO", "DATA", f"RCPT TO:<{alias}>", "MAIL",
+                     f"MAIL FROM:<{scenario.seller_email}> XYZ=1", f"MAIL FROM:<{scenario.seller_email}> BODY=FOO",
+                     f"MAIL FROM:<{scenario.seller_email}> SIZE=abc", f"MAIL FROM:<{scenario.seller_email}>",
+                     f"MAIL FROM:<{scenario.seller_email}>", "RCPT", "RCPT TO:<nobody@relay.example>",
+                     "RCPT TO:<x@else.example>", f"RCPT TO:<{alias}>", "DATA x", "VRFY bob", "EXPN staff", "FOO",
+                     "AUTH PLAIN", "STARTTLS", "RSET", "QUIT"):
+            replies.append(s.cmd(line))
+    assert [r for r in replies if not ENHANCED.match(r)] == []
+    assert replies[-1] == "221 2.0.0 Bye"
+
+
+async def test_pipelined_commands_get_their_replies_in_order(scenario, sink):
+    """What PIPELINING promises (RFC 2920): a group of commands in one write
+    is answered command by command, nothing lost."""
+    relay = scenario.relay
+    with RawSMTP(*relay.mx) as s:
+        s.cmd("EHLO client.test")
+        s.send(f"MAIL FROM:<{scenario.seller_email}>\r\nRCPT TO:<nobody@relay.example>\r\n"
+               f"RCPT TO:<{scenario.buyer_alias}>\r\nDATA\r\n".encode())
+        assert [s.reply()[:9] for _ in range(4)] == ["250 2.1.0", "550 5.1.1", "250 2.1.5", "354 End d"]
+        body = CLEAN.format(frm=scenario.seller_email, to=scenario.buyer_alias).encode()
+        s.send(body + b".\r\nRSET\r\nNOOP\r\n")
+        assert [s.reply()[:5] for _ in range(3)] == ["250 2", "250 2", "250 2"]
+    await sink.wait_for_count(1)
+
+
 async def test_foreign_domain_is_never_relayed(relay):
     with session(relay) as s:
         assert s.cmd("MAIL FROM:<>").startswith("250")
