@@ -12,8 +12,10 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sqlite3
 import sys
+import unicodedata
 from typing import Any, Sequence
 
 from relay import notify
@@ -297,9 +299,25 @@ def _print_json(obj: Any) -> None:
     print(json.dumps(obj, ensure_ascii=False))
 
 
+# An address inside a display name: local@domain.tld, or @localhost (CONTRACT: a reserved name).
+_ADDRESS_IN_NAME = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@(?:(?:[\w-]+\.)+[\w-]+|localhost\b)", re.IGNORECASE)
+
+
+def _display_name(value: str, option: str) -> str:
+    """A party's name as the other side will see it in From: one line of
+    text, and no email address (the rewriter would refuse every message
+    that shows it, THREATS: no real address reaches the other side)."""
+    if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        raise UsageError(f"{option}: a name must be one line of text, without control characters")
+    if _ADDRESS_IN_NAME.search(value):
+        raise UsageError(f"{option}: a name must not hold an email address (the other side sees the name)")
+    return value
+
+
 async def seller_add(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     if not args.id.strip() or not args.name.strip():
         raise UsageError("the seller id and name must not be empty")
+    _display_name(args.name, "--name")
     emails: list[str] = []
     for e in args.email:
         address = _deliverable_address(e, "--email")
@@ -353,6 +371,8 @@ async def order_open(store: Store, settings: Settings, args: argparse.Namespace)
     if not args.order.strip():
         raise UsageError("the order id must not be empty")
     buyer = _deliverable_address(args.buyer, "--buyer")
+    if args.buyer_name is not None:
+        _display_name(args.buyer_name, "--buyer-name")
     try:
         order = await store.open_order(args.order, args.seller, buyer, args.buyer_name, mint_alias)
     except NotFound:

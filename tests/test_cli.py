@@ -61,6 +61,31 @@ def test_seller_add_with_a_bad_address_stores_nothing(cli, bad):
     assert rows(cli.db, "sellers") == 0
 
 
+@pytest.mark.parametrize("name", ["rita@buyer.test", "Rita (RITA2@Buyer.test)", "Shop N <owner@shopn.example>",
+                                  "Sam at sam@localhost"])
+def test_a_name_holding_an_email_address_is_refused(cli, name):
+    """A display name is shown to the other side: one that holds an address
+    would either show it or, caught by the rewriter, get every message of
+    that party refused with a reason the writer cannot act on.  So it is
+    bad input, refused at once, and nothing is stored."""
+    assert_usage_error(cli("seller", "add", "s1", "--name", name, "--email", "sam@shop.example"), "--name", "address")
+    assert rows(cli.db, "sellers") == 0
+    assert cli("seller", "add", "s1", "--name", "Shop@Home", "--email", "sam@shop.example").returncode == 0
+    assert_usage_error(cli("order", "open", "o1", "--seller", "s1", "--buyer", "rita@buyer.test", "--buyer-name",
+                           name), "--buyer-name", "address")
+    assert rows(cli.db, "orders") == 0
+
+
+@pytest.mark.parametrize("name", ["Evil\r\nBcc: x@y.example", "Tab\there", "Bell\x07", "Line\u2028break"])
+def test_a_name_that_is_not_one_line_of_text_is_refused(cli, name):
+    assert_usage_error(cli("seller", "add", "s1", "--name", name, "--email", "sam@shop.example"), "--name")
+    assert rows(cli.db, "sellers") == 0
+    cli("seller", "add", "s1", "--name", "Shop", "--email", "sam@shop.example")
+    assert_usage_error(cli("order", "open", "o1", "--seller", "s1", "--buyer", "bob@buyer.test", "--buyer-name",
+                           name), "--buyer-name")
+    assert rows(cli.db, "orders") == 0
+
+
 def test_order_open_mints_distinct_aliases_idempotently(cli):
     cli("seller", "add", "s1", "--name", "Shop", "--email", "sam@shop.example")
     first = json.loads(cli("order", "open", "o1", "--seller", "s1", "--buyer", "bob@buyer.test").stdout)
