@@ -303,7 +303,7 @@ def _print_json(obj: Any) -> None:
 _ADDRESS_IN_NAME = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@(?:(?:[\w-]+\.)+[\w-]+|localhost\b)", re.IGNORECASE)
 
 
-def _display_name(value: str, option: str) -> str:
+def _check_display_name(value: str, option: str) -> None:
     """A party's name as the other side will see it in From: one line of
     text, and no email address (the rewriter would refuse every message
     that shows it, THREATS: no real address reaches the other side)."""
@@ -311,13 +311,12 @@ def _display_name(value: str, option: str) -> str:
         raise UsageError(f"{option}: a name must be one line of text, without control characters")
     if _ADDRESS_IN_NAME.search(value):
         raise UsageError(f"{option}: a name must not hold an email address (the other side sees the name)")
-    return value
 
 
 async def seller_add(store: Store, settings: Settings, args: argparse.Namespace) -> int:
     if not args.id.strip() or not args.name.strip():
         raise UsageError("the seller id and name must not be empty")
-    _display_name(args.name, "--name")
+    _check_display_name(args.name, "--name")
     emails: list[str] = []
     for e in args.email:
         address = _deliverable_address(e, "--email")
@@ -372,7 +371,7 @@ async def order_open(store: Store, settings: Settings, args: argparse.Namespace)
         raise UsageError("the order id must not be empty")
     buyer = _deliverable_address(args.buyer, "--buyer")
     if args.buyer_name is not None:
-        _display_name(args.buyer_name, "--buyer-name")
+        _check_display_name(args.buyer_name, "--buyer-name")
     try:
         order = await store.open_order(args.order, args.seller, buyer, args.buyer_name, mint_alias)
     except NotFound:

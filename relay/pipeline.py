@@ -198,33 +198,28 @@ class Pipeline:
 
     async def refuse_at_rcpt(self, recipient: Recipient, mail_from: str) -> str:
         """Audit a refusal of a known alias (the contract: it is an exchange)."""
-        record = AuditRecord(
-            received_at=utc_now_iso(), order_id=recipient.order.id if recipient.order else None,
-            direction=recipient.direction, sender=mail_from, recipient=recipient.address,
-            verdict="rejected", reasons=["sender_not_authorized"],
-            findings=[{"code": "sender_not_authorized", "fragment": "", "location": "envelope"}])
-        try:
-            audit_id = await self.store.record_rejection(record)
-        except StorageError as exc:
-            return storage_reply(exc)
-        self.log.info("message.rejected", audit_id=audit_id, order=record.order_id, stage="rcpt",
-                      reasons=record.reasons, alias=recipient.address)
-        return NOT_AUTHORIZED
+        return await self._record_refusal(recipient, mail_from, "sender_not_authorized", "envelope", "rcpt",
+                                          NOT_AUTHORIZED)
 
     async def refuse_data(self, recipient: Recipient, mail_from: str, reason: str, reply: str) -> str:
         """Audit a DATA block to a known alias that the SMTP layer refused
-        unread (relay.server DATA_REFUSALS): `reply`, or a 451 if it could
-        not be recorded (the sender tries again, and is refused again)."""
+        unread (relay.server DATA_REFUSALS)."""
+        return await self._record_refusal(recipient, mail_from, reason, "message", "data", reply)
+
+    async def _record_refusal(self, recipient: Recipient, mail_from: str, reason: str, location: str, stage: str,
+                              reply: str) -> str:
+        """An exchange refused before its content was judged, recorded
+        without octets: `reply`, or a 451 if the record could not be written
+        (the sender tries again, and is refused again)."""
         record = AuditRecord(
             received_at=utc_now_iso(), order_id=recipient.order.id if recipient.order else None,
             direction=recipient.direction, sender=mail_from, recipient=recipient.address,
-            verdict="rejected", reasons=[reason],
-            findings=[{"code": reason, "fragment": "", "location": "message"}])
+            verdict="rejected", reasons=[reason], findings=[{"code": reason, "fragment": "", "location": location}])
         try:
             audit_id = await self.store.record_rejection(record)
         except StorageError as exc:
             return storage_reply(exc)
-        self.log.info("message.rejected", audit_id=audit_id, order=record.order_id, stage="data",
+        self.log.info("message.rejected", audit_id=audit_id, order=record.order_id, stage=stage,
                       reasons=record.reasons, alias=recipient.address)
         return reply
 
