@@ -85,18 +85,23 @@ async def test_full_disk_gives_452_then_recovers(relay_factory, sink, small_fs):
     assert sorted(subjects) == sorted([b"parcel 1", *accepted, b"parcel 99"]), subjects
 
 
-async def test_locked_store_gives_451_then_recovers(relay_factory, sink, tmp_path):
-    relay = await relay_factory({"store": {"busy_timeout": 0.3}})
-    relay.add_seller("s1", "Shop", [SELLER])
-    alias = relay.open_order("o1", "s1", "bob@buyer.test")["buyer_alias"]
+def assert_451_while_locked(relay, alias: str) -> None:
+    """A message sent while another process holds the store's write lock gets 451 4.3.0."""
     locker = sqlite3.connect(relay.config["store"]["path"], isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    locker.execute("BEGIN EXCLUSIVE")
     try:
         code, reply = send(relay, alias, 1)
         assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
     finally:
         locker.execute("ROLLBACK")
         locker.close()
+
+
+async def test_locked_store_gives_451_then_recovers(relay_factory, sink, tmp_path):
+    relay = await relay_factory({"store": {"busy_timeout": 0.3}})
+    relay.add_seller("s1", "Shop", [SELLER])
+    alias = relay.open_order("o1", "s1", "bob@buyer.test")["buyer_alias"]
+    assert_451_while_locked(relay, alias)
     code, _ = send(relay, alias, 2)
     assert code == 250
     (delivered,) = await sink.wait_for_count(1)
@@ -111,14 +116,7 @@ async def test_a_size_refusal_that_cannot_be_audited_is_a_451(relay_factory, tmp
     relay = await relay_factory({"store": {"busy_timeout": 0.3}, "limits": {"message_size": 2000}})
     relay.add_seller("s1", "Shop", [SELLER])
     alias = relay.open_order("o1", "s1", "bob@buyer.test")["buyer_alias"]
-    locker = sqlite3.connect(relay.config["store"]["path"], isolation_level=None)
-    locker.execute("BEGIN EXCLUSIVE")
-    try:
-        code, reply = send(relay, alias, 1)
-        assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
-    finally:
-        locker.execute("ROLLBACK")
-        locker.close()
+    assert_451_while_locked(relay, alias)
     code, reply = send(relay, alias, 2)
     assert code == 552 and reply.startswith(b"5.3.4"), (code, reply)
     assert [(r["verdict"], r["reasons"]) for r in relay.audit()] == [("rejected", ["message_too_large"])]
