@@ -632,6 +632,13 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
             raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
                                  "malformed")
     for part in message.walk():
+        if part.get_content_maintype() == "message" and \
+                str(part.get("Content-Transfer-Encoding", "")).strip().lower() in ("base64", "quoted-printable"):
+            # RFC 2046 section 5.2.1: 7bit, 8bit or binary only.  The parser
+            # reads such a body as a message of no headers and encoded text,
+            # which neither the rewriter nor the filters could read.
+            raise MessageRefused("554 5.6.0 A forwarded message (message/*) is encoded as a whole, which RFC 2046 "
+                                 "does not allow; forward it again from your mail client.", "malformed")
         for defect in part.defects:
             if isinstance(defect, _STRUCTURAL_DEFECTS):
                 raise MessageRefused("554 5.6.0 The message's MIME structure is broken "

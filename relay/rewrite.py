@@ -25,6 +25,7 @@ import hashlib
 import html
 import io
 import re
+import unicodedata
 import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -75,6 +76,10 @@ PGP_SIGNED_HEADER = re.compile(r"-----BEGIN PGP SIGNED MESSAGE-----\r?\n(?:Hash:
 ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
 
 
+UNSCANNABLE = ("550 5.7.1 [unscannable] Part of the message could not be cleaned of a personal email address; "
+               "remove the address and send it again.")
+
+
 class RewriteError(Exception):
     """The message cannot be relayed safely; `reply` is the SMTP answer."""
 
@@ -122,17 +127,23 @@ _GAP = (
     r"|&#0*(?:8203|8204|8205|8288|65279|173);|&#x0*(?:200b|200c|200d|2060|feff|ad);"
     r"|=\r?\n|\r?\n[ \t])*"
 )
-_AT_WORDS = [r"&commat;", "\uff20", r"\s*[\[(]\s*at\s*[\])]\s*", r"\s+at\s+"]
-_DOT_WORDS = [r"&period;", r"\s*[\[(]\s*dot\s*[\])]\s*", r"\s+dot\s+"]
+_AT_WORDS = [r"&commat;", "\ufe6b", r"\s*[\[(]\s*at\s*[\])]\s*", r"\s+at\s+"]
+_DOT_WORDS = [r"&period;", "\u3002", "\uff61", r"\s*[\[(]\s*dot\s*[\])]\s*", r"\s+dot\s+"]
+# A quoted local part ("bob"@buyer.test, RFC 5322 section 3.4.1) names the same mailbox.
+_QUOTE = r'(?:"|&quot;|&#0*34;?|&#x0*22;?)'
 
 
 def _char_regex(ch: str) -> str:
-    """One character in any of its encodings: itself, an HTML character
-    reference, a %-escape (also double-escaped), a quoted-printable escape."""
+    """One character in any of its encodings: itself, its fullwidth form
+    (what a reader sees as the same letter), an HTML character reference
+    (with or without its semicolon, as browsers read it), a %-escape (also
+    double-escaped), a quoted-printable escape."""
     code = ord(ch)
     alternatives = [re.escape(ch)]
+    if 0x21 <= code <= 0x7E:
+        alternatives.append(chr(0xFF01 + code - 0x21))
     if code < 0x80:
-        alternatives += [f"&#0*{code};", f"&#x0*{code:x};", f"%{code:02x}", f"%25{code:02x}", f"={code:02x}"]
+        alternatives += [f"&#0*{code};?", f"&#x0*{code:x};?", f"%{code:02x}", f"%25{code:02x}", f"={code:02x}"]
     if ch == "@":
         alternatives += _AT_WORDS
     elif ch == ".":
@@ -160,7 +171,8 @@ def _address_regex(address: str) -> str:
     # No guard before or after: "jimbob@x.example" or "bob@x.examples" still
     # show bob@x.example to a reader, so privacy wins over the rare third
     # party whose address merely contains a party's.
-    return f"{chars(local)}{_GAP}{_char_regex('@')}{_GAP}(?:{domain_alt})"
+    return (f"(?:{_QUOTE}{_GAP})?{chars(local)}(?:{_GAP}{_QUOTE})?{_GAP}[ \t]{{0,3}}{_char_regex('@')}"
+            f"[ \t]{{0,3}}{_GAP}(?:{domain_alt})")
 
 
 # Every spelling of "@" that _address_regex accepts starts with "@", "%", "=",
@@ -175,7 +187,7 @@ def may_hold_address(text: str) -> bool:
     first, then lowercase blocks of the text (a copy of a block, not of a
     large text), a regex only for the spelled-out "at" (three times faster
     on long text than one regex of all the hints)."""
-    if "@" in text or "%" in text or "=" in text or "\uff20" in text or "&#" in text:
+    if "@" in text or "%" in text or "=" in text or "\uff20" in text or "&#" in text or "\ufe6b" in text:
         return True
     return any("&commat" in low or ("at" in low and _AT_WORD_HINT.search(low) is not None)
                for _, low in _lowered_blocks(text, 0, len(text), HINT_OVERLAP))
@@ -208,12 +220,21 @@ class Scrubber:
         self._needles = [k.encode("ascii", "ignore") for k in self._keys]
 
     def text(self, value: str) -> str:
+        """The text with every known address replaced; RewriteError
+        ([unscannable]) if one still shows after the replacement: a spelling
+        the view reads as the address but the pattern does not know."""
         if not self._keys or not value or not may_hold_address(value):
             return value
         view = normalised_view(value)
+        replaced = False
         for key in self._keys:
             if any(form in view for form in self._forms[key]):
                 value = _address_pattern(key).sub(self.replacements[key], value)
+                replaced = True
+        if replaced:
+            view = normalised_view(value)
+            if any(form in view for key in self._keys for form in self._forms[key]):
+                raise RewriteError(UNSCANNABLE)
         return value
 
     def found_in_bytes(self, data: bytes) -> bool:
@@ -259,8 +280,8 @@ _TAG = re.compile(r"<[^<>]{0,200}>")
 _SOFT_BREAK = re.compile(r"=\r?\n|\r?\n[ \t]")
 _QP_ESCAPE = re.compile(r"=([0-9a-fA-F]{2})")
 _INVISIBLE = re.compile(f"[{ZERO_WIDTH}\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_AT_WORD = re.compile(r"\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+|\uff20", re.IGNORECASE)
-_DOT_WORD = re.compile(r"\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+", re.IGNORECASE)
+_AT_WORD = re.compile(r'\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+|"?[ \t]*@[ \t]*"?', re.IGNORECASE)
+_DOT_WORD = re.compile(r"\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+|[\u3002\uff61]", re.IGNORECASE)
 
 
 def normalised_view(text: str) -> str:
@@ -275,6 +296,7 @@ def normalised_view(text: str) -> str:
         view = html.unescape(view)
         view = urllib.parse.unquote(view)
     view = _QP_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), view)
+    view = unicodedata.normalize("NFKC", view)  # fullwidth and other compatibility forms, as a reader sees them
     view = _INVISIBLE.sub("", view)
     view = _AT_WORD.sub("@", view)
     view = _DOT_WORD.sub(".", view)
@@ -939,8 +961,7 @@ def _refuse_literal_leak(data: bytes | Chunks, parties: Parties) -> None:
     needles = [address.lower().encode("utf-8", "ignore")
                for address in parties.sender_addresses + parties.recipient_addresses]
     if _holds_without(data, needles, to_line):
-        raise RewriteError("550 5.7.1 [unscannable] Part of the message could not be cleaned of a personal "
-                           "email address; remove the address and send it again.")
+        raise RewriteError(UNSCANNABLE)
 
 
 # The leak check and the address hints lowercase this many octets (or

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import quopri
 import re
+import unicodedata
 from datetime import datetime, timezone
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -15,6 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leakcheck_basic import all_decoded_text
+from relay.config import Settings
+from relay.parsing import parse_message
+from relay.pipeline import MessageRefused, check_structure
 from relay.rewrite import Parties, RewriteError, Scrubber, Threading, rewrite_message, rfc5322_utc
 from relay.smtpdata import crlf_only
 
@@ -38,6 +42,8 @@ def assert_clean(out: bytes) -> None:
     to_line = f"to: {BUYER}".encode()
     without_to = b"\r\n".join(line for line in out.split(b"\r\n") if line.lower() != to_line)
     text = all_decoded_text(without_to).lower()
+    # As a reader sees it: fullwidth and other compatibility forms, ideographic full stops.
+    text = unicodedata.normalize("NFKC", text).replace("\u3002", ".").replace("\uff61", ".")
     for needle in ("sam.real", "bob.real", "shop.example", "buyer.test"):
         assert needle not in text, needle
     for line in out.split(b"\r\n"):
@@ -82,6 +88,13 @@ def test_encoded_newline_in_subject_never_becomes_a_header():
     "sam.real [at] shop.example",
     "sam.real(at)shop(dot)example",
     "On Tue, Bob <bob.real@buyer.test> wrote:\n> hi",
+    # Found by a black-box probe (THREATS #55): what a reader sees as the address.
+    "Write to \uff53\uff41\uff4d\uff0e\uff52\uff45\uff41\uff4c\uff20\uff53\uff48\uff4f\uff50\uff0e"
+    "\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45 please",  # fullwidth forms
+    "Write to sam.real@shop\u3002example or sam.real@shop\uff61example",  # ideographic full stops
+    "<a href=\"#\">me</a>: sam.real&#64shop.example and sam.real&#x40shop.example",  # no semicolon
+    'Write to "sam.real"@shop.example or "sam.real" @ shop.example',  # a quoted local part
+    "Write to &quot;sam.real&quot;@shop.example <a href=\"#\">now</a>",
 ])
 def test_body_spellings_are_replaced(body):
     msg = EmailMessage()
@@ -90,6 +103,42 @@ def test_body_spellings_are_replaced(body):
     msg.set_content(body, subtype="html" if "<a" in body else "plain", cte="quoted-printable")
     out = rewrite(msg.as_bytes())
     assert_clean(out)
+
+
+def test_a_spelling_read_as_the_address_but_not_replaceable_is_refused():
+    """Mathematical bold letters read as the address (the scrubber's view
+    folds compatibility forms) but its pattern does not know them: the text
+    is checked again after the replacement, and refused, never relayed."""
+    bold = "".join(chr(0x1D41A + ord(c) - ord("a")) if c.isalpha() else c for c in "sam.real")
+    msg = EmailMessage()
+    msg["From"] = SELLER
+    msg["Subject"] = "x"
+    msg.set_content(f"Write to {bold}@shop.example")
+    with pytest.raises(RewriteError) as refused:
+        rewrite(msg.as_bytes())
+    assert "[unscannable]" in str(refused.value)
+
+
+@pytest.mark.parametrize("cte", ["base64", "quoted-printable"])
+def test_a_forwarded_message_encoded_as_a_whole_is_refused(cte):
+    """RFC 2046 section 5.2.1 allows a message/rfc822 body only as 7bit,
+    8bit or binary; one sent base64 was passed on undecoded, so neither the
+    rewriter nor the filters ever read it (found by a black-box probe,
+    THREATS #55/#56).  Such a message is refused, not relayed unread."""
+    inner = b"From: Robert <bob.real@buyer.test>\r\nSubject: old\r\n\r\nwrite to bob.real@buyer.test\r\n"
+    body = base64.encodebytes(inner) if cte == "base64" else quopri.encodestring(inner)
+    raw = (b"From: bob.real@buyer.test\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nsee fwd\r\n"
+           b"--BB\r\nContent-Type: message/rfc822\r\nContent-Transfer-Encoding: " + cte.encode() + b"\r\n\r\n"
+           + body + b"--BB--\r\n")
+    with pytest.raises(MessageRefused) as refused:
+        check_structure(parse_message(raw), Settings())
+    assert refused.value.reply.startswith("554 5.6.0") and refused.value.reason == "malformed"
+    # The same message forwarded as RFC 2046 asks is taken and rewritten.
+    plain = raw.replace(b"Content-Transfer-Encoding: " + cte.encode(), b"Content-Transfer-Encoding: 7bit")
+    plain = plain.replace(body, inner)
+    check_structure(parse_message(plain), Settings())
+    assert_clean(rewrite(plain))
 
 
 def test_quoted_printable_soft_break_inside_an_address():
