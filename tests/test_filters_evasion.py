@@ -50,6 +50,8 @@ def fragments(flt, text: str) -> list[str]:
     "write to john\u2060@\u2060gmail.com",  # word joiners
     "write to john@gmail\u200b.com",
     "write to john at gmail\ufe52com",  # small full stop
+    'write to "john"@gmail.com',  # a quoted local part (RFC 5322 section 3.4.1)
+    'write to "john.smith" @ gmail.com',
 ])
 def test_obfuscated_email_address_is_found(text):
     assert fragments(EMAIL, text)

@@ -31,9 +31,9 @@ SENTENCE = ("Email addresses may not be shared in messages; remove the address a
             "on the marketplace (replies to this message reach the buyer).")
 
 _LABEL = r"[\w-]{1,63}"
-# A literal address; '@' may have a space or two around it.
+# A literal address; '@' may have a space or two around it, and a quote before it ("bob"@example.com).
 LITERAL_EMAIL = re.compile(
-    r"(?<![\w.%+'-])([\w.%+'-]{1,64})(\s{0,2}@\s{0,2})((?:[\w-]{1,63}\.){1,8}[\w-]{2,63}|localhost)(?![\w-]|\.[\w-])"
+    r"(?<![\w.%+'-])([\w.%+'-]{1,64})(\"?\s{0,2}@\s{0,2})((?:[\w-]{1,63}\.){1,8}[\w-]{2,63}|localhost)(?![\w-]|\.[\w-])"
 )
 _AT_STRONG = r"\s{0,3}[\[\(\{<]\s{0,2}(?:at|arobase|@)\s{0,2}[\]\)\}>]\s{0,3}|\s{1,3}@\s{0,3}|@\s{1,3}"
 _AT_WEAK = r"\s{1,3}(?:at|arobase)\s{1,3}"
