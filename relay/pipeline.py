@@ -295,7 +295,7 @@ class Pipeline:
         critical = is_critical(subject)
         parties = self._parties(recipient)
         relay_id = new_message_id(self.settings.relay.hostname)
-        threading, is_reply_to_buyer = await self._threading(order, direction, message, relay_id)
+        threading = await self._threading(order, direction, message, relay_id)
         try:
             result = await self._safe_rewrite(message, parties, threading, (), len(content), order.id)
         except RewriteError as exc:
@@ -304,7 +304,7 @@ class Pipeline:
                                       [Finding(code.group(1) if code else "malformed", "", "message", exc.reply[10:])],
                                       critical, dry_run)
         view = MessageView(subject=result.subject, parts=tuple(result.parts), attachments=tuple(result.attachments))
-        ctx = await self._context(recipient, critical, is_reply_to_buyer)
+        ctx = await self._context(recipient, critical)
         verdict = await _sized(len(content), self.chain.run, view, ctx)
         if auto:
             # Recorded so the next automatic answer in this order is refused (RFC 3834 ping-pong).
@@ -429,26 +429,22 @@ class Pipeline:
                        seller_alias, self.settings.relay.hostname)
 
     async def _threading(self, order: Order, direction: str, message: EmailMessage,
-                         relay_id: str) -> tuple[Threading, bool]:
+                         relay_id: str) -> Threading:
         """Translate In-Reply-To / References so both sides' clients thread.
 
         A relay id the recipient received is translated back to the
         recipient's own original id; the writer's own original ids become the
         relay ids the other side knows; anything else is dropped (it would
         name the writer's domain, or another order's conversation)."""
-        is_reply_to_buyer = False
         hostname_suffix = "@" + self.settings.relay.hostname + ">"
 
         async def translate(ids: list[str]) -> list[str]:
-            nonlocal is_reply_to_buyer
             out: list[str] = []
             for mid in ids:
                 if mid.lower().endswith(hostname_suffix):
                     row = await self.store.lookup_relay_id(mid)
                     if row is None or row["order_id"] != order.id:
                         continue
-                    if row["direction"] == BUYER_TO_SELLER:
-                        is_reply_to_buyer = True
                     if row["direction"] != direction and row["original_id"]:
                         mapped = row["original_id"]
                     else:
@@ -466,9 +462,9 @@ class Pipeline:
         references = await translate(message_ids_in(header_text(message, "References")))
         if in_reply_to and not references:
             references = list(in_reply_to)
-        return Threading(relay_id, tuple(in_reply_to[:1]), tuple(references[-20:])), is_reply_to_buyer
+        return Threading(relay_id, tuple(in_reply_to[:1]), tuple(references[-20:]))
 
-    async def _context(self, recipient: Recipient, critical: bool, is_reply_to_buyer: bool) -> FilterContext:
+    async def _context(self, recipient: Recipient, critical: bool) -> FilterContext:
         order, seller = recipient.order, recipient.seller
         assert order is not None and seller is not None
         domain = self.settings.relay.domain
@@ -485,7 +481,7 @@ class Pipeline:
         return FilterContext(
             direction=SELLER_TO_BUYER, order_id=order.id, seller_id=seller.id, relay_domain=domain,
             own_aliases=aliases, critical=critical, buyer_opted_out=opted_out,
-            buyer_has_written=history["buyer_has_written"], is_reply_to_buyer=is_reply_to_buyer,
+            buyer_has_written=history["buyer_has_written"],
             unsolicited_sent=history["unsolicited_sent"], critical_sent_window=critical_sent,
             previous_fingerprints=history["previous_fingerprints"])
 

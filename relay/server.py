@@ -110,9 +110,7 @@ _REPLY_TRANSLATIONS = {
     "552 Error: Too much mail data": "552 5.3.4 Message too big for this system",
     "552 Error: message size exceeds fixed maximum message size": "552 5.3.4 Message too big for this system",
     "500 Line too long (see RFC5321 4.5.3.1.6)": "500 5.5.2 Line too long (RFC 5321 section 4.5.3.1.6)",
-    "500 Command line too long": "500 5.5.2 Command line too long",
     "553 5.1.3 Error: malformed address": "553 5.1.3 Malformed address",
-    "530 Must issue a STARTTLS command first": "530 5.7.0 Must issue a STARTTLS command first",
     # THREATS #57: SMTPUTF8 is not offered, so a client may neither ask for it
     # (RFC 5321 section 4.1.1.11: 555 for a parameter not implemented) nor
     # send non-ASCII in a command (RFC 6531 section 3.5).
@@ -125,7 +123,7 @@ _SIZE_REPLIES = {"552 Error: Too much mail data", "552 Error: message size excee
 # but the greeting and the HELO/EHLO answer carries one.  Ours are written
 # with theirs; aiosmtpd's ("250 OK", "503 Error: need MAIL command", "221
 # Bye" ...) get the class's usual code (RFC 3463, as Postfix answers).
-_HAS_ENHANCED_CODE = re.compile(r"[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
+_HAS_ENHANCED_CODE = re.compile(r"[245]\d\d [245]\.\d{1,3}\.\d{1,3}(?: |$)")  # (on one-line replies)
 _USUAL_ENHANCED_CODE = {
     "214": "2.0.0", "220": "2.0.0", "221": "2.0.0", "235": "2.7.0", "250": "2.0.0", "252": "2.0.0",
     "421": "4.3.0", "450": "4.0.0", "451": "4.3.0", "452": "4.3.1", "454": "4.7.0",

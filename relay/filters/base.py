@@ -131,18 +131,14 @@ class FilterContext:
     own_aliases: frozenset[str] = frozenset()  # this order's aliases, lowercase
     critical: bool = False  # the subject holds [Important] (any case)
     buyer_opted_out: bool = False
-    buyer_has_written: bool = False  # the buyer sent a message in this order
-    is_reply_to_buyer: bool = False  # In-Reply-To/References name a buyer message of this order
+    # The buyer sent a message in this order (accepted), so the seller's mail
+    # here answers it, threaded as a reply or not (CONTRACT: unsolicited means
+    # the buyer has not written in that order).  A reply that names a buyer
+    # message of this order implies it: that message's id is recorded with it.
+    buyer_has_written: bool = False
     unsolicited_sent: int = 0  # accepted seller messages in this order before the buyer wrote
     critical_sent_window: int = 0  # accepted critical messages of this seller to opted-out buyers in the window
     previous_fingerprints: frozenset[str] = field(default_factory=frozenset)  # accepted texts in this order
-
-    @property
-    def solicited(self) -> bool:
-        """The buyer has written in this order, so the seller's mail here
-        answers them (CONTRACT: unsolicited means the buyer has not written
-        in that order), threaded as a reply or not."""
-        return self.buyer_has_written or self.is_reply_to_buyer
 
 
 class Filter(Protocol):

@@ -15,14 +15,14 @@ from relay.filters.settings import FilterSettings
 @dataclass
 class OptedOut:
     """A buyer who opted out gets only critical mail, and the seller's
-    mail in orders where the buyer has written (ctx.solicited)."""
+    mail in orders where the buyer has written (ctx.buyer_has_written)."""
 
     settings: FilterSettings
     name: str = "opted_out"
     directions: frozenset[str] = FROM_SELLER
 
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
-        if not ctx.buyer_opted_out or ctx.critical or ctx.solicited:
+        if not ctx.buyer_opted_out or ctx.critical or ctx.buyer_has_written:
             return []
         return [Finding("opted_out", "", "envelope",
                         "The buyer has opted out of unsolicited messages; until the buyer writes to you in this "
@@ -32,14 +32,14 @@ class OptedOut:
 @dataclass
 class CriticalQuota:
     """[Important] bypasses an opt-out, so it is rationed per seller, where
-    it is what lets the message through (not in a solicited order)."""
+    it is what lets the message through (not where the buyer has written)."""
 
     settings: FilterSettings
     name: str = "critical_quota"
     directions: frozenset[str] = FROM_SELLER
 
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
-        if not (ctx.critical and ctx.buyer_opted_out) or ctx.solicited:
+        if not (ctx.critical and ctx.buyer_opted_out) or ctx.buyer_has_written:
             return []
         if ctx.critical_sent_window < self.settings.critical_quota:
             return []
