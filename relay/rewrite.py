@@ -170,9 +170,17 @@ def _address_regex(address: str) -> str:
     domain_alt = "|".join(domains)
     # No guard before or after: "jimbob@x.example" or "bob@x.examples" still
     # show bob@x.example to a reader, so privacy wins over the rare third
-    # party whose address merely contains a party's.
-    return (f"(?:{_QUOTE}{_GAP})?{chars(local)}(?:{_GAP}{_QUOTE})?{_GAP}[ \t]{{0,3}}{_char_regex('@')}"
+    # party whose address merely contains a party's.  A subaddress
+    # ("bob+shop@x.example", RFC 5233) reaches the same mailbox, so it is
+    # the party's address too, tag and all.
+    return (f"(?:{_QUOTE}{_GAP})?{chars(local)}(?:{_GAP}{_char_regex('+')}{_SUBADDRESS_TAG})?"
+            f"(?:{_GAP}{_QUOTE})?{_GAP}[ \t]{{0,3}}{_char_regex('@')}"
             f"[ \t]{{0,3}}{_GAP}(?:{domain_alt})")
+
+
+# What may follow "+" in a subaddress, in the raw text (where it may be
+# encoded): anything up to the "@" that is not a space or a delimiter.
+_SUBADDRESS_TAG = r"[^\s@<>\"'()\[\],;:\\]{0,64}"
 
 
 # Every spelling of "@" that _address_regex accepts starts with "@", "%", "=",
@@ -217,6 +225,7 @@ class Scrubber:
         self.replacements = {k.lower(): v for k, v in replacements.items() if k}
         self._keys = sorted(self.replacements, key=len, reverse=True)
         self._forms = {k: _address_forms(k) for k in self._keys}
+        self._subaddressed = {k: _subaddress_pattern(k) for k in self._keys}
         self._needles = [k.encode("ascii", "ignore") for k in self._keys]
 
     def text(self, value: str) -> str:
@@ -228,14 +237,22 @@ class Scrubber:
         view = normalised_view(value)
         replaced = False
         for key in self._keys:
-            if any(form in view for form in self._forms[key]):
+            if self._shows(key, view):
                 value = _address_pattern(key).sub(self.replacements[key], value)
                 replaced = True
         if replaced:
             view = normalised_view(value)
-            if any(form in view for key in self._keys for form in self._forms[key]):
+            if any(self._shows(key, view) for key in self._keys):
                 raise RewriteError(UNSCANNABLE)
         return value
+
+    def _shows(self, key: str, view: str) -> bool:
+        """Does the normalised view read as the address `key`, or as a
+        subaddress of it?"""
+        if any(form in view for form in self._forms[key]):
+            return True
+        local, subaddressed = self._subaddressed[key]
+        return local in view and subaddressed.search(view) is not None
 
     def found_in_bytes(self, data: bytes) -> bool:
         """Does a binary blob hold a real address (ASCII or UTF-16), in any
@@ -274,6 +291,14 @@ def _address_forms(address: str) -> tuple[str, ...]:
         except UnicodeError:
             pass
     return tuple(forms)
+
+
+def _subaddress_pattern(address: str) -> tuple[str, re.Pattern]:
+    """For a normalised view: "local+", the cheap test, and the pattern of
+    any subaddress of `address` (ASCII or Unicode domain)."""
+    local, _, domain = address.lower().rpartition("@")
+    domains = {re.escape(form.rpartition("@")[2]) for form in _address_forms(address)}
+    return f"{local}+", re.compile(rf"{re.escape(local)}\+[^\s@]{{0,64}}@(?:{'|'.join(sorted(domains))})")
 
 
 _TAG = re.compile(r"<[^<>]{0,200}>")

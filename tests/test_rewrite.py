@@ -95,6 +95,9 @@ def test_encoded_newline_in_subject_never_becomes_a_header():
     "<a href=\"#\">me</a>: sam.real&#64shop.example and sam.real&#x40shop.example",  # no semicolon
     'Write to "sam.real"@shop.example or "sam.real" @ shop.example',  # a quoted local part
     "Write to &quot;sam.real&quot;@shop.example <a href=\"#\">now</a>",
+    # A subaddress (RFC 5233) reaches the same mailbox: it names the party as well.
+    "Write to sam.real+orders@shop.example or SAM.REAL+a.b-c@Shop.Example",
+    "<a href=\"mailto:sam.real%2Bshop%40shop.example\">me</a> or sam.real&#43;x&#64;shop.example",
 ])
 def test_body_spellings_are_replaced(body):
     msg = EmailMessage()
@@ -270,6 +273,9 @@ def test_scrubber_hides_the_address_even_inside_longer_ones():
     # A longer address that shows the real one to a reader is rewritten too.
     assert scrub.text("bob@x.example.pdf") == "alias@relay.example.pdf"
     assert scrub.text("jimbob@x.example") == "jimalias@relay.example"
+    # A subaddress is the same mailbox; a hyphen is part of another local part.
+    assert scrub.text("bob+shop@x.example, BOB+a.b@X.Example") == "alias@relay.example, alias@relay.example"
+    assert scrub.text("bob-shop@x.example") == "bob-shop@x.example"
 
 
 # ----------------------------------------------------------- properties
