@@ -252,3 +252,26 @@ async def test_swaks_as_the_sellers_mail_client(scenario):
     (delivered,) = await relay.sink.wait_for_count(1)
     assert delivered.rcpt_tos == [scenario.buyer_email]
     assert scenario.seller_email.encode() not in delivered.data
+
+
+async def test_a_subaddress_of_a_party_is_that_party_in_both_directions(scenario):
+    """bob+orders@buyer.test reaches bob@buyer.test: a seller's signature
+    with its own subaddress is no third address (no email_address refusal),
+    and a buyer's subaddress never reaches the seller."""
+    relay = scenario.relay
+    seller_local, seller_domain = scenario.seller_email.split("@")
+    body = SELLER_MESSAGE.format(alias=scenario.buyer_alias).replace(
+        "(sam@shop.example)", f"({seller_local}+support@{seller_domain})")
+    send(relay, scenario.seller_email, scenario.buyer_alias, body)
+    (to_buyer,) = await relay.sink.wait_for_count(1)
+    assert f"{seller_local}+support" not in all_decoded_text(to_buyer.data).lower()
+    assert scenario.seller_alias in parse(to_buyer.data).get_body().get_content()
+
+    buyer_local, buyer_domain = scenario.buyer_email.split("@")
+    send(relay, scenario.buyer_email, scenario.seller_alias,
+         f"From: {scenario.buyer_email}\r\nTo: {scenario.seller_alias}\r\nSubject: Re: About your order\r\n\r\n"
+         f"Thanks! Write to {buyer_local}+shop@{buyer_domain} if anything changes.\r\n")
+    (_, to_seller) = await relay.sink.wait_for_count(2)
+    text = all_decoded_text(to_seller.data).lower()
+    assert f"{buyer_local}+shop".lower() not in text and buyer_domain.lower() not in text
+    assert scenario.buyer_alias in parse(to_seller.data).get_body().get_content()
