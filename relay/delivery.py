@@ -13,6 +13,8 @@ address nor the remote server's text (THREATS #37).
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import os
 import re
 import secrets
@@ -66,6 +68,30 @@ def failure_notice(settings: Settings, to: str, alias: str) -> bytes:
         "Content-Transfer-Encoding: 7bit\r\n"
     )
     return (headers + "\r\n" + text).encode("ascii")
+
+
+_ACTION_FAILED = re.compile(rb"^action[ \t]*:[ \t]*failed[ \t]*(?:\r?\n|$)", re.IGNORECASE | re.MULTILINE)
+_STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")
+
+
+def reports_failure(content: bytes) -> bool:
+    """Does a message to a bounce address report that the relayed message
+    failed: a delivery status report (RFC 3464, in a multipart/report of RFC
+    6522) with a recipient whose Action is "failed"?  A vacation reply (RFC
+    3834 sends it to the Return-Path), a report that a message is delayed,
+    relayed or delivered, and anything else do not."""
+    message = email.message_from_bytes(content, policy=email.policy.compat32)
+    if message.get_content_type() != "multipart/report":
+        return False
+    for part in message.walk():
+        if part.get_content_type() in _STATUS_TYPES:
+            try:
+                fields = part.as_bytes()
+            except Exception:  # (a report the generator cannot write back is no report to trust)
+                continue
+            if _ACTION_FAILED.search(fields):
+                return True
+    return False
 
 
 class Delivery:

@@ -507,9 +507,11 @@ class Pipeline:
         """A bounce or auto-reply to one of our per-message envelope senders.
 
         Never forwarded raw (it names the far side's real address and MTAs,
-        THREATS #38): it is recorded in the audit record; a real bounce
-        (null sender) of a message we had already handed over tells the
-        writer, neutrally, once."""
+        THREATS #38): it is recorded in the audit record.  Only a report
+        that the message failed, from the null sender, fails its queue entry
+        (the audit's `delivery` then says so) and tells the writer,
+        neutrally, once: a vacation reply or a "delayed" report tells
+        nobody, and a second report of the same failure neither."""
         entry = recipient.bounce_entry
         assert entry is not None
         order_id = None
@@ -520,17 +522,21 @@ class Pipeline:
             received_at=utc_now_iso(), order_id=order_id, direction="unknown", sender=mail_from,
             recipient=recipient.address, verdict="accepted", reasons=[], findings=[],
             subject=None, inbound=content)
+        from relay.delivery import failure_notice, reports_failure
+        failed = mail_from in ("", "<>") and reports_failure(content)
+        notified = False
         try:
             audit_id = await self.store.record_rejection(record)
-            is_bounce = mail_from in ("", "<>")
-            if is_bounce and entry.notify and entry.notify_alias:
-                from relay.delivery import failure_notice
+            if failed and entry.notify and entry.notify_alias:
                 notice = failure_notice(self.settings, entry.notify, entry.notify_alias)
-                await self.store.enqueue_notice("", entry.notify, notice)
-                self.on_queued()
+                notified = await self.store.mark_bounced(entry.id, "bounced: the recipient's mail system "
+                                                         "reported a failure", ("", entry.notify, notice))
+                if notified:
+                    self.on_queued()
         except StorageError as exc:
             return Outcome(storage_reply(exc), "deferred")
-        self.log.info("bounce.received", audit_id=audit_id, order=order_id, null_sender=mail_from in ("", "<>"))
+        self.log.info("bounce.received", audit_id=audit_id, order=order_id, null_sender=mail_from in ("", "<>"),
+                      failure_report=failed, notified=notified)
         return Outcome(f"250 2.0.0 OK: recorded as {audit_id}", "accepted", audit_id)
 
 

@@ -196,14 +196,17 @@ MIGRATIONS: list[str] = [
 
 
 # The facts Store.order_history gives the filters; every column it reads of
-# the audit table is in the audit_order_facts index (migration 5).
+# the audit table is in the audit_order_facts index (migration 5).  A seller
+# message whose delivery failed for good (its queue entry, by queue_audit) was
+# never sent, so it is no `duplicate` of the next.
 ORDER_FACTS = (
     "SELECT EXISTS(SELECT 1 FROM audit WHERE order_id = :o AND direction = 'buyer_to_seller' "
     "              AND verdict = 'accepted') AS buyer_wrote, "
     "(SELECT COUNT(*) FROM audit WHERE order_id = :o AND direction = 'seller_to_buyer' "
     " AND verdict = 'accepted' AND unsolicited = 1) AS unsolicited, "
-    "(SELECT group_concat(fingerprint, ' ') FROM audit WHERE order_id = :o "
-    " AND direction = 'seller_to_buyer' AND verdict = 'accepted' AND fingerprint IS NOT NULL) AS prints, "
+    "(SELECT group_concat(a.fingerprint, ' ') FROM audit a WHERE a.order_id = :o "
+    " AND a.direction = 'seller_to_buyer' AND a.verdict = 'accepted' AND a.fingerprint IS NOT NULL "
+    " AND NOT EXISTS(SELECT 1 FROM queue q WHERE q.audit_id = a.id AND q.state = 'failed')) AS prints, "
     "EXISTS(SELECT 1 FROM optouts WHERE address = :b) AS opted_out")
 
 
@@ -930,6 +933,26 @@ class Store:
                     (mail_from, rcpt_to, message, now, now, now))
 
         await self.transact(work)
+
+    async def mark_bounced(self, entry_id: int, error: str, notice: tuple[str, str, bytes]) -> bool:
+        """A failure report came back for an entry already handed over: fail
+        it and queue its notice in one transaction, unless it had failed
+        already (one notice a message, however many reports arrive).  True
+        when the notice was queued."""
+
+        def work(db: sqlite3.Connection) -> bool:
+            now = time.time()
+            changed = db.execute("UPDATE queue SET state = 'failed', last_error = ?, updated_at = ? "
+                                 "WHERE id = ? AND state != 'failed'", (error, now, entry_id)).rowcount
+            if changed:
+                mail_from, rcpt_to, message = notice
+                db.execute(
+                    "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, message, state, created_at, "
+                    "next_attempt, updated_at) VALUES (NULL, 'bounce', ?, ?, ?, 'queued', ?, ?, ?)",
+                    (mail_from, rcpt_to, message, now, now, now))
+            return bool(changed)
+
+        return await self.transact(work)
 
     async def _set_state(self, entry_id: int, state: str, error: str | None, next_attempt: float | None) -> None:
         def work(db: sqlite3.Connection) -> None:

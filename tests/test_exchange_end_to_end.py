@@ -240,6 +240,49 @@ async def test_bounce_to_the_envelope_sender_is_recorded_not_forwarded(scenario)
     assert rows[-1]["direction"] == "unknown"
 
 
+def _report(bounce_address: str, action: str, status: str) -> str:
+    return (f"From: MAILER-DAEMON@mx.buyer.test\r\nTo: {bounce_address}\r\nSubject: Delivery Status Notification\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"R\"\r\n\r\n"
+            "--R\r\nContent-Type: text/plain\r\n\r\nAbout your message.\r\n"
+            "--R\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.buyer.test\r\n\r\n"
+            f"Final-Recipient: rfc822; bob@buyer.test\r\nAction: {action}\r\nStatus: {status}\r\n--R--\r\n")
+
+
+async def test_only_a_failure_report_to_a_bounce_address_tells_the_writer_and_only_once(scenario):
+    """THREATS #38: a vacation reply (RFC 3834 sends it to the Return-Path,
+    often from <>) or a report that a message is only delayed is recorded,
+    never turned into an "Undeliverable" notice; a failure report is, once
+    per message however often it comes (the buyer knows the bounce address
+    and could flood the seller); the message's audit row says it failed."""
+    relay = scenario.relay
+    send(relay, scenario.seller_email, scenario.buyer_alias, SELLER_MESSAGE.format(alias=scenario.buyer_alias))
+    (first,) = await relay.sink.wait_for_count(1)
+    bounce_address = first.mail_from
+    vacation = (f"From: Bob <{scenario.buyer_email}>\r\nTo: {bounce_address}\r\nSubject: Auto: Out of office\r\n"
+                "Auto-Submitted: auto-replied\r\n\r\nI am on vacation until Monday.\r\n")
+    db = sqlite3.connect(relay.config["store"]["path"])
+    try:
+        def notices() -> int:
+            return db.execute("SELECT COUNT(*) FROM queue WHERE kind = 'bounce'").fetchone()[0]
+
+        for data in (vacation, vacation, _report(bounce_address, "delayed", "4.2.2")):
+            with smtplib.SMTP(*relay.mx) as client:
+                client.sendmail("<>", [bounce_address], data)
+        assert notices() == 0  # (each notice is committed before the 250 of what caused it)
+        for _ in range(3):
+            with smtplib.SMTP(*relay.mx) as client:
+                client.sendmail("<>", [bounce_address], _report(bounce_address, "failed", "5.1.1"))
+        assert notices() == 1
+    finally:
+        db.close()
+    (_, notice) = await relay.sink.wait_for_count(2)
+    assert notice.rcpt_tos == [scenario.seller_email] and scenario.buyer_alias in all_decoded_text(notice.data)
+    rows = relay.audit(scenario.order)
+    original = next(row for row in rows if row["direction"] == "seller_to_buyer")
+    assert original["delivery"] == "failed"
+    assert len([row for row in rows if row["recipient"] == bounce_address]) == 6  # every one recorded
+
+
 @pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks is not installed (apt-get install swaks)")
 async def test_swaks_as_the_sellers_mail_client(scenario):
     relay = scenario.relay

@@ -126,3 +126,53 @@ def test_spelled_or_disguised_web_address_is_found(text):
 ])
 def test_prose_with_dot_is_no_link(text):
     assert fragments(LINK, text) == []
+
+
+# ------------------------------------------------------------------ text hidden by CSS
+
+
+def html_fragments(flt, html: str) -> list[str]:
+    content.clear_caches()
+    view = MessageView(subject="Your order", parts=(TextPart("text/html part 1", "text/html", html),))
+    return [f.fragment for f in flt.check(view, CTX)]
+
+
+@pytest.mark.parametrize("veil", [
+    '<span style="display:none">7</span>', '<span style="DISPLAY: none !important">7</span>',
+    "<span hidden>7</span>", '<font style="font-size:0px">7</font>', '<span style="visibility:hidden">7</span>',
+    '<span style="opacity:0">7</span>', '<span style="mso-hide:all;display:none"><span>7</span>7</span>',
+])
+def test_a_phone_number_split_by_hidden_text_is_found(veil):
+    """The reader sees 415-555-2671: what CSS hides between its digits is no separator."""
+    assert html_fragments(PHONE, f"<p>Call me on 415{veil}-555-2671 tonight</p>") == ["415-555-2671"]
+
+
+def test_an_address_split_by_hidden_text_is_found_as_shown():
+    found = html_fragments(EMAIL, '<p>write to john<span style="display:none">zz</span>@gmail.com</p>')
+    assert "john@gmail.com" in found
+
+
+@pytest.mark.parametrize("html", [
+    # A preheader: hidden text of its own, nothing joined across it.
+    '<span style="display:none;max-height:0;overflow:hidden">Your parcel ships Monday</span><p>Hello Bob</p>',
+    '<p>Order 4521<br style="display:none">339 ships today</p><p>Thanks for your order</p>',
+    '<div hidden>old note</div><p>Thanks, 2 items</p>',
+])
+def test_hidden_text_alone_raises_nothing(html):
+    assert html_fragments(PHONE, html) == [] and html_fragments(EMAIL, html) == [] and html_fragments(LINK, html) == []
+
+
+def test_a_finding_only_the_displayed_text_shows_is_rejected_even_where_redaction_is_asked():
+    """The redaction replaces a fragment where the seller wrote it; a number
+    that only the rendering joins is not written anywhere, so it cannot be
+    redacted, and the message is refused rather than relayed with it."""
+    from relay.filters.chain import Chain
+    from relay.filters.settings import parse_filter_settings
+
+    content.clear_caches()
+    chain = Chain(parse_filter_settings({"actions": {"phone_number": "redact"}}))
+    html = '<p>Call 415<span style="display:none">7</span>-555-2671 or 415-555-0123</p>'
+    result = chain.run(MessageView(subject="x", parts=(TextPart("text/html part 1", "text/html", html),)), CTX)
+    assert result.rejection is not None and result.rejection.code == "phone_number"
+    assert result.rejection.fragment == "415-555-2671"
+    assert ("415-555-0123", "[phone number removed]") in result.redactions

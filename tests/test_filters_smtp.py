@@ -108,6 +108,22 @@ async def test_too_many_unsolicited_messages_and_duplicates(shop):
     assert [r["verdict"] for r in rows] == ["accepted"] * 3 + ["rejected", "accepted", "accepted", "rejected"]
 
 
+async def test_a_message_that_failed_to_reach_the_buyer_may_be_sent_again(shop):
+    """`duplicate` is "the same message already sent in this order"; one the
+    next hop refused for good was never sent, and its notice tells the
+    seller to write again, so the same text passes; a second copy of a
+    delivered one does not."""
+    relay, aliases = await shop()
+    alias = aliases["buyer_alias"]
+    relay.sink.script("RCPT", "550 5.1.1 mailbox unavailable")
+    assert send(relay, message(alias, "Your parcel left our depot this morning."))[0] == 250
+    (notice,) = await relay.sink.wait_for_count(1)  # the failure notice, once the entry has failed
+    assert notice.rcpt_tos == [SELLER]
+    assert send(relay, message(alias, "Your parcel left our depot this morning."))[0] == 250
+    await relay.sink.wait_for_count(2)
+    assert_rejected(send(relay, message(alias, "Your parcel left our depot this morning.")), "duplicate")
+
+
 async def test_opt_out_critical_and_replies(shop):
     relay, aliases = await shop()
     relay.cli("optout", "add", BUYER, check=True)

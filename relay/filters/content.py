@@ -348,12 +348,29 @@ _SIZE_ONE = re.compile(r"^\s{0,5}[01](?:\.0{1,5})?\s{0,5}(?:px)?\s{0,5}$", re.IG
 _STYLE_TINY = re.compile(r"(?:^|[;\s])(?:max-)?(?:width|height)\s{0,5}:\s{0,5}[01](?:\.0{1,5})?(?:px)?\s{0,5}(?:;|$|!)",
                          re.IGNORECASE)
 _STYLE_HIDDEN = re.compile(r"display\s{0,5}:\s{0,5}none|visibility\s{0,5}:\s{0,5}hidden", re.IGNORECASE)
+# Styles under which an element's text is not shown to the reader (what a
+# mail client honours): its text is in HtmlScan.text like any other, and left
+# out of HtmlScan.shown_text, where what is shown on either side of it meets.
+_STYLE_VEILED = re.compile(
+    r"display\s{0,5}:\s{0,5}none|visibility\s{0,5}:\s{0,5}hidden|mso-hide\s{0,5}:\s{0,5}all"
+    r"|(?:^|[;\s])(?:font-size|opacity)\s{0,5}:\s{0,5}0*\.?0+(?:px|pt|em|rem|%)?\s{0,5}(?:;|$|!)", re.IGNORECASE)
+# Elements that never have content, so never an end tag to end a veil.
+_VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
+                        "source", "track", "wbr"})
+# Where a filter found something in HtmlScan.shown_text: the location gets this
+# ending, and the finding cannot be redacted (relay.filters.chain), since the
+# fragment is not written anywhere in the markup.
+AS_DISPLAYED = " (as displayed)"
 _REFRESH_URL = re.compile(r"url\s{0,5}=\s{0,5}['\"]?([^'\"\s;]{1,4096})", re.IGNORECASE)
 
 
 @dataclass
 class HtmlScan:
     text: str = ""
+    # The text without what CSS or the `hidden` attribute hides (_STYLE_VEILED),
+    # or None when nothing is hidden: "555<span hidden>7</span>-123-4567" shows
+    # a phone number that `text` does not hold.
+    shown_text: str | None = None
     # (tag, attribute, value) of navigation targets: a/area href, form action, base href, meta refresh
     hrefs: list[tuple[str, str, str]] = field(default_factory=list)
     # (tag, attribute, value) of everything a client loads: img src, srcset, background, CSS url()
@@ -385,6 +402,12 @@ class _Scanner(HTMLParser):
         self._hidden = 0
         self._in_style = 0
         self._link_stack: list[str] = []
+        # The element that hides its content (one at a time: what it holds is hidden
+        # anyway), how many of its name are open, and where in _text it began.
+        self.veil_tag: str | None = None
+        self._veil_depth = 0
+        self._veil_from = 0
+        self._veiled: list[tuple[int, int]] = []  # ranges of _text hidden from the reader
 
     # -- helpers
     def _resource(self, tag: str, attr: str, value: str) -> None:
@@ -402,6 +425,11 @@ class _Scanner(HTMLParser):
 
     def _start(self, tag: str, a: dict[str, str] | None) -> None:
         """A start tag, its attributes lower-cased with None made "" (None: no attributes)."""
+        if tag == self.veil_tag:
+            self._veil_depth += 1
+        elif a and self.veil_tag is None and tag not in _VOID_TAGS and (
+                "hidden" in a or _STYLE_VEILED.search(a.get("style", ""))):
+            self.veil_tag, self._veil_depth, self._veil_from = tag, 1, len(self._text)
         if tag in _HIDDEN_TAGS and tag != "head":
             self._hidden += 1
         if tag == "style":
@@ -472,6 +500,11 @@ class _Scanner(HTMLParser):
                 self._text.append(f" {alt} ")
 
     def handle_endtag(self, tag: str) -> None:
+        if tag == self.veil_tag:
+            self._veil_depth -= 1
+            if not self._veil_depth:
+                self._veiled.append((self._veil_from, len(self._text)))
+                self.veil_tag = None
         if tag in _HIDDEN_TAGS and tag != "head" and self._hidden:
             self._hidden -= 1
         if tag == "style" and self._in_style:
@@ -480,6 +513,21 @@ class _Scanner(HTMLParser):
             self._link_stack.pop()
         if tag in _BLOCK_TAGS:
             self._text.append("\n")
+
+    def finish(self) -> HtmlScan:
+        """The scan, its texts joined."""
+        scan = self.scan
+        scan.text = "".join(self._text)
+        if self.veil_tag is not None:  # never ended: hidden to the end
+            self._veiled.append((self._veil_from, len(self._text)))
+        if self._veiled:
+            shown, at = [], 0
+            for begin, end in self._veiled:
+                shown += self._text[at:begin]
+                at = end
+            shown += self._text[at:]
+            scan.shown_text = "".join(shown)
+        return scan
 
     def handle_data(self, data: str) -> None:
         if self._in_style:
@@ -546,13 +594,13 @@ def _fast_scan(markup: str) -> HtmlScan | None:
         pos = m.end()
         if end_name is not None:
             tag = end_name.lower()
-            if tag in end_special:
+            if tag in end_special or tag == sc.veil_tag:
                 endtag(tag)
             elif tag in block:
                 text_append("\n")
         elif name is not None:
             tag = name.lower()
-            if not attrs and tag not in start_special:
+            if not attrs and tag not in start_special and tag != sc.veil_tag:
                 if tag in block:
                     text_append("\n\n" if slash else "\n")
                 if pos >= n:
@@ -590,9 +638,7 @@ def _fast_scan(markup: str) -> HtmlScan | None:
             data("<")
         if pos >= n:
             break
-    scan = sc.scan
-    scan.text = "".join(sc._text)
-    return scan
+    return sc.finish()
 
 
 # ---- the slow path: html.parser, in linear time
@@ -646,9 +692,7 @@ def _parse_markup(markup: str) -> HtmlScan:
             end = 1
         sc.handle_data(unescape(rest[:end]))
         sc.feed(rest[end:])
-    scan = sc.scan
-    scan.text = "".join(sc._text)
-    return scan
+    return sc.finish()
 
 
 @per_message_cache(8)  # (a message's HTML parts and HTML attachments, read by four filters)
@@ -737,7 +781,13 @@ def text_sources(view: MessageView) -> Iterator[tuple[str, str]]:
     if view.subject:
         yield "subject", view.subject
     for location, ctype, text in _texts(view):
-        yield location, scan_html(text).text if ctype == "text/html" else text
+        if ctype != "text/html":
+            yield location, text
+            continue
+        scan = scan_html(text)
+        yield location, scan.text
+        if scan.shown_text is not None:
+            yield location + AS_DISPLAYED, scan.shown_text
 
 
 def html_scans(view: MessageView) -> Iterator[tuple[str, HtmlScan]]:
