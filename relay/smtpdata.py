@@ -17,6 +17,12 @@ generated streams):
   comes first; either way the rest is read to the end and dropped, so the
   session stays in step, and nothing is buffered past the limit.
 
+One deliberate difference: for the line length, a bare LF ends a line too.
+`smtplib.sendmail(..., msg.as_bytes())` sends a message with LF line ends
+only (the email package's default), which the relay writes out with CRLF
+(relay.rewrite), as Postfix does; counted between CRLFs, any such message
+over 998 octets was one line "too long" for aiosmtpd.
+
 Bytes after the end of data (a pipelined next command) are handed back to
 the stream reader, in front of anything it holds.
 """
@@ -115,22 +121,23 @@ def _first_octets(chunks: list[bytes], n: int) -> bytes:
 
 def _judge(buf: bytearray, line_start: int, stop: int, longest: int, over: int | None) -> tuple[DataState, int]:
     """Judge the lines of buf from line_start to stop: TOO_LONG at the first
-    line longer than `longest` (a line still open counts once it is),
-    TOO_MUCH if buf index `over` (the first octet past the size limit) comes
-    first.  Returns the state and the first line not yet judged."""
+    line longer than `longest` octets before its LF or CRLF (a line still
+    open counts once it is), TOO_MUCH if buf index `over` (the first octet
+    past the size limit) comes first.  Returns the state and the first line
+    not yet judged."""
     pos = line_start
     while True:
-        nxt = buf.find(b"\r\n", pos, stop)
+        nxt = buf.find(b"\n", pos, stop)
         line_end = stop if nxt < 0 else nxt
-        if nxt < 0 and line_end > pos and buf[line_end - 1] == 0x0D:
-            line_end -= 1  # an open line's final CR may be half of its CRLF
+        if line_end > pos and buf[line_end - 1] == 0x0D:
+            line_end -= 1  # its CRLF's CR (or an open line's final CR, which may be half of one)
         if line_end - pos > longest and (over is None or pos < over):
             return DataState.TOO_LONG, pos
-        if over is not None and (nxt < 0 or over < nxt + 2):
+        if over is not None and (nxt < 0 or over < nxt + 1):
             return DataState.TOO_MUCH, pos
         if nxt < 0:
             return DataState.NOMINAL, pos
-        pos = nxt + 2
+        pos = nxt + 1
 
 
 def _unstuff(data: bytes) -> bytes:

@@ -104,6 +104,32 @@ async def test_line_over_1000_octets_is_refused_and_session_stays_in_sync(relay,
         assert s.cmd(f"MAIL FROM:<{SELLER}>").startswith("250")
 
 
+async def test_a_message_with_bare_lf_line_ends_is_judged_by_its_lf_lines(relay, order, sink):
+    """smtplib sends bytes as given, and EmailMessage.as_bytes() ends lines
+    with a bare LF, so `sendmail(..., msg.as_bytes())` sends a message of
+    many LF lines and no CRLF before the end of data.  Each LF line is short:
+    the message is no "line too long" (it was refused 500 once over 998
+    octets); it is relayed with CRLF line ends.  An LF line over 998 octets
+    still is refused."""
+    from email.message import EmailMessage
+
+    alias = order["buyer_alias"]
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = SELLER, alias, "Your invoice"
+    msg.set_content("Hello Bob,\nyour invoice is attached.\n" + "Thanks for your order.\n" * 40)
+    msg.add_attachment(b"%PDF-1.4\n" + bytes(range(256)) * 16 + b"\n%%EOF\n", maintype="application",
+                       subtype="pdf", filename="invoice.pdf")
+    data = msg.as_bytes()
+    assert b"\r\n" not in data and len(data) > 5000
+    with smtplib.SMTP(*relay.mx) as client:
+        assert client.sendmail(SELLER, [alias], data) == {}
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail(SELLER, [alias], data.replace(b"Hello Bob,", b"Hello Bob," + b"x" * 1000))
+        assert refused.value.smtp_code == 500
+    (delivered,) = await sink.wait_for_count(1)
+    assert b"your invoice is attached.\r\n" in delivered.data and b"invoice.pdf" in delivered.data
+
+
 async def test_command_line_of_10_mb_is_bounded(relay):
     with RawSMTP(*relay.mx) as s:
         s.send(b"EHLO " + b"a" * 10_000_000 + b"\r\n")

@@ -2,7 +2,10 @@
 line-at-a-time loop decides: where the data ends, the unstuffed content,
 TOO_LONG and TOO_MUCH, and which bytes are left for the next command.  The
 reference below is aiosmtpd 1.4.6's smtp_DATA loop on the same kind of
-StreamReader, driven with the same bytes split at random points."""
+StreamReader, driven with the same bytes split at random points, with the
+relay's one deliberate difference: for the line length a bare LF ends a
+line too (so the reference reads CRLF lines of any length, and measures
+their LF-separated pieces)."""
 
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ async def _reference(reader: asyncio.StreamReader, size_limit: int | None):
         if line.endswith(b"\r\n"):
             if state is DataState.NOMINAL:
                 joined = b"".join(fragments)
-                if len(joined) > LIMIT:
+                if max(map(len, joined[:-2].split(b"\n"))) > LIMIT - 2:
                     state = DataState.TOO_LONG
                     data *= 0
                 else:
@@ -55,8 +58,8 @@ async def _reference(reader: asyncio.StreamReader, size_limit: int | None):
     return state, b"".join(data)
 
 
-async def _run(reader_fn, stream: bytes, cuts: list[int], size_limit: int | None):
-    reader = asyncio.StreamReader(limit=LIMIT)
+async def _run(reader_fn, stream: bytes, cuts: list[int], size_limit: int | None, limit: int = LIMIT):
+    reader = asyncio.StreamReader(limit=limit)
 
     async def feed():
         last = 0
@@ -86,7 +89,7 @@ def test_chunked_reader_decides_like_aiosmtpd(stream, cuts, size_limit):
 
     async def both():
         ours = await _run(lambda r, lim: read_data(r, lim, LIMIT), stream, cuts, size_limit)
-        theirs = await _run(_reference, stream, cuts, size_limit)
+        theirs = await _run(_reference, stream, cuts, size_limit, limit=len(stream) + 1)
         return ours, theirs
 
     ours, theirs = asyncio.run(both())
