@@ -11,13 +11,15 @@ generated streams):
   message is refused later, never split);
 - the data ends at the first line that is exactly "." (`\\r\\n.\\r\\n`, or
   ".\\r\\n" as the very first line);
-- a leading dot is removed from every line (RFC 5321 section 4.5.2);
+- a leading dot is removed from every line (RFC 5321 section 4.5.2), and
+  from every piece of a line after a bare LF (see below);
 - a line over 999 octets before its CRLF (998 + the transparent dot) makes
   the block TOO_LONG, more than `size_limit` octets TOO_MUCH, whichever
   comes first; either way the rest is read to the end and dropped, so the
   session stays in step, and nothing is buffered past the limit.
 
-One deliberate difference: for the line length, a bare LF ends a line too.
+One deliberate difference: for the line length and the dot, a bare LF ends
+a line too.
 `smtplib.sendmail(..., msg.as_bytes())` sends a message with LF line ends
 only (the email package's default), which the relay writes out with CRLF
 (relay.rewrite), as Postfix does; counted between CRLFs, any such message
@@ -141,6 +143,9 @@ def _judge(buf: bytearray, line_start: int, stop: int, longest: int, over: int |
 
 
 def _unstuff(data: bytes) -> bytes:
+    """The leading dot of every line goes (RFC 5321 section 4.5.2), of a line
+    after a bare LF too: smtplib, like other clients that send bytes as given,
+    doubles a dot after any LF."""
     if data.startswith(b"."):
         data = data[1:]
-    return data.replace(b"\r\n.", b"\r\n")
+    return data.replace(b"\n.", b"\n")

@@ -3,9 +3,9 @@ line-at-a-time loop decides: where the data ends, the unstuffed content,
 TOO_LONG and TOO_MUCH, and which bytes are left for the next command.  The
 reference below is aiosmtpd 1.4.6's smtp_DATA loop on the same kind of
 StreamReader, driven with the same bytes split at random points, with the
-relay's one deliberate difference: for the line length a bare LF ends a
-line too (so the reference reads CRLF lines of any length, and measures
-their LF-separated pieces)."""
+relay's one deliberate difference: for the line length and the leading dot
+a bare LF ends a line too (so the reference reads CRLF lines of any length,
+and measures and unstuffs their LF-separated pieces)."""
 
 from __future__ import annotations
 
@@ -52,9 +52,10 @@ async def _reference(reader: asyncio.StreamReader, size_limit: int | None):
             fragments *= 0
     if state is not DataState.NOMINAL:
         return state, None
-    for text in data:
+    for k, text in enumerate(data):
         if text.startswith(b"."):
             del text[0]
+        data[k] = text.replace(b"\n.", b"\n")
     return state, b"".join(data)
 
 
