@@ -167,6 +167,8 @@ def test_phone_found(text):
 @pytest.mark.parametrize("text", [
     "order 123-4567890-1234567",
     "UPS 1Z999AA10123456784",
+    "UPS 1Z 999 AA1 01 2345 6784 shipped.",  # UPS's own spaced layout
+    "UPS tracking: 1Z 12E 020 42 1234 5670",
     "USPS 9400 1000 0000 0000 0000 00",
     "FedEx 123456789012",
     "price $1,234.56 or 12,50 €",
@@ -205,6 +207,33 @@ def test_numbers_without_a_trunk_prefix_are_no_phone_numbers(text):
 ])
 def test_numbers_without_a_trunk_prefix_after_a_phone_word_still_are(text):
     assert fragments(PHONE, plain(text))
+
+@pytest.mark.parametrize("text", [
+    "Call me at 555-123-4567.",
+    "Call me at (555) 123-4567.",
+    "call 555.123.4567",
+    "555 123 4567 anytime",
+    "My cell is 555-555-5555",
+    "Phone: 123-456-7890",
+    "Call me at (123) 456-7890",
+    "555-123-4567 is my direct line",
+])
+def test_a_north_american_number_in_its_usual_grouping_is_found_whatever_its_range(text):
+    """555-123-4567 is no assigned number (libphonenumber calls it invalid),
+    yet every reader takes it for a phone number, and it is the one tests and
+    examples use: written 3-3-4 with separators, it is one."""
+    assert fragments(PHONE, plain(text))
+
+
+@pytest.mark.parametrize("text", [
+    "SKU 555-123-4567",
+    "order 555-1234567-1234567",
+    "ISBN 978-0-306-40615-7",
+    "SSN-like 123-45-6789 and date 2026-11-28",
+])
+def test_other_dashed_numbers_stay_clean(text):
+    assert fragments(PHONE, plain(text)) == []
+
 
 def test_phone_tel_link():
     assert fragments(PHONE, html('<a href="tel:+33612345678">call</a>')) == ["tel:+33612345678"]

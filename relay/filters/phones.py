@@ -75,8 +75,9 @@ _NOT_PHONES_GATED = [
     # (?<![\w.,])\d{1,3}(?:[,. ]\d{3}){0,4}(?:[.,]\d{1,2})?\s?(?:[$€£¥]|(?:usd|...|pounds?)\b)
     re.compile(r"\d(?<![\w.,]\d)\d{0,2}(?:[,. ]\d{3}){0,4}(?:[.,]\d{1,2})?\s?(?:[$€£¥]|(?:usd|eur|gbp|chf|euros?|"
                r"dollars?|pounds?)\b)", re.IGNORECASE),
-    # \b1Z[0-9A-Z]{16}\b
-    re.compile(r"1(?<!\w1)Z[0-9A-Z]{16}\b", re.IGNORECASE),  # UPS
+    # \b1Z(?:[0-9A-Z]{16}|(?: ?[0-9A-Z]){6}(?: ?\d){10})\b: as printed, or in UPS's own spaced
+    # layout (1Z 999 AA1 01 2345 6784: shipper, service, package digits), which ends in a digit
+    re.compile(r"1(?<!\w1)Z(?:[0-9A-Z]{16}|(?: ?[0-9A-Z]){6}(?: ?\d){10})\b", re.IGNORECASE),  # UPS
     # (?<![+\d])\d{14,}
     re.compile(r"\d(?<![+\d]\d)\d{13,}"),  # long runs: USPS, FedEx, EAN, IMEI, SIRET
     # (?<![\w+])\d{4}(?: \d{4}){3,6}(?: \d{1,4})?(?!\w)
@@ -120,6 +121,17 @@ _POSSIBLE = phonenumbers.Leniency.POSSIBLE
 MAX_CANDIDATES = 1000
 
 
+# A North American number as people write it: 3-3-4 digits with separators, the
+# area code perhaps in parentheses.  Such a number is a phone number to every
+# reader whether or not its range is assigned: 555-123-4567 is the one examples
+# and tests use, and libphonenumber calls it invalid.
+NANP_SHAPE = re.compile(r"(?:\(\d{3}\)[ \t]?|\d{3}[-. \t])\d{3}[-. \t]\d{4}")
+
+
+def _nanp(region: str) -> bool:
+    return phonenumbers.country_code_for_region(region) == 1
+
+
 @per_message_cache(4096)  # (the benchmark clears it; the relay keeps it across messages)
 def _match_window(window: str, regions: tuple[str, ...], international: bool) -> tuple[tuple[int, int], ...]:
     # "+44 7700 900 456": a number written in international form is a phone number even when
@@ -130,6 +142,10 @@ def _match_window(window: str, regions: tuple[str, ...], international: bool) ->
         try:
             for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency, max_tries=50):
                 hits[(match.start, match.end)] = None
+            if not international and _nanp(region):
+                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=_POSSIBLE, max_tries=50):
+                    if NANP_SHAPE.fullmatch(match.raw_string):
+                        hits[(match.start, match.end)] = None
         except Exception:  # never let a library corner case crash the chain
             continue
     return tuple(_merge(list(hits)))
@@ -309,6 +325,8 @@ def _plausible(text: str, start: int, end: int, regions: tuple[str, ...]) -> boo
     if raw.isdigit():
         return raw.startswith("0") or bool(_PHONE_WORDS.search(before))
     if raw.lstrip("( ").startswith("0") or _valid_as_written(raw, regions):
+        return True
+    if NANP_SHAPE.fullmatch(raw) and any(map(_nanp, regions)):
         return True
     return bool(_PHONE_WORDS.search(before))
 
