@@ -185,7 +185,7 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
         from relay.logs import get_logger
 
         get_logger().error("relay.stopped", error=str(exc))
-        return 1
+        return 2 if exc.configuration else 1
     children: list[int] = []
     for k in range(1, settings.listen.workers):
         pid = os.fork()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -270,12 +271,31 @@ def check_files(settings: Settings) -> None:
                               f"{getattr(exc, 'strerror', None) or getattr(exc, 'reason', None) or exc}") from None
 
 
+# RFC 1123 labels, and "_", which container service names use and resolvers take.
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                        r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+
+
 def parse_hostport(key: str, value: str) -> tuple[str, int]:
-    """Split "host:port" (IPv6 as "[::1]:25"; port 0 picks a free port); errors name the key."""
+    """Split "host:port" (IPv6 as "[::1]:25"; port 0 picks a free port); errors name the key.
+    The host is an IP address or a host name (RFC 1123): "999.1.1.1", "exa mple" or
+    "http://x" would only fail later, when the daemon binds or connects."""
+    import ipaddress
+
     host, sep, port = value.rpartition(":")
-    host = host.strip("[]")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if bracketed:
+        host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{key} must look like host:port, not {value!r}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if bracketed != (address is not None and address.version == 6):
+        raise ConfigError(f"{key} must look like host:port, with an IPv6 address in brackets, not {value!r}")
+    if address is None and (not _HOST_NAME.fullmatch(host) or host.rstrip(".").replace(".", "").isdigit()):
+        raise ConfigError(f"{key}: {host!r} is neither an IP address nor a host name (in {value!r})")
     return host, int(port)
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import functools
 import gc
 import inspect
@@ -39,6 +40,7 @@ import logging
 import os
 import re
 import signal
+import socket
 import time
 from base64 import b64decode
 from collections.abc import Iterator, Mapping
@@ -172,7 +174,12 @@ def _reply(status: str, hostname: str = "") -> _Reply:
 
 
 class StartError(Exception):
-    """The daemon cannot start (a listener cannot bind); the message says which."""
+    """The daemon cannot start (a listener cannot bind); the message says which.
+    `configuration`: because of what the configuration says (exit 2)."""
+
+    def __init__(self, message: str, configuration: bool = False):
+        super().__init__(message)
+        self.configuration = configuration
 
 
 # An envelope path in its plainest form, `<dot-atom@hostname>`: what nearly
@@ -1070,8 +1077,8 @@ class RelayDaemon:
                 self.metrics_server = await start_http(self.metrics, host, port, ready=lambda: self.ready,
                                                        refresh=self._refresh_queue_stats)
             except OSError as exc:
-                raise StartError(f"cannot listen on metrics.listen {s.metrics.listen}: {exc.strerror or exc}") \
-                    from None
+                raise StartError(f"cannot listen on metrics.listen {s.metrics.listen}: {exc.strerror or exc}",
+                                 isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL) from None
         await self.delivery.start()
         self._tasks = [asyncio.create_task(notify.run_watchdog()), asyncio.create_task(self._housekeeping())]
         self._join_metrics_feed()
@@ -1089,7 +1096,7 @@ class RelayDaemon:
         try:
             sockets = self.shared.listeners.get(key) or bind(key, value)
         except ListenError as exc:
-            raise StartError(str(exc)) from None
+            raise StartError(str(exc), exc.configuration) from None
         loop = asyncio.get_running_loop()
         servers = [await loop.create_server(factory, sock=sock, backlog=BACKLOG) for sock in sockets]
         self._more_servers += servers[1:]
@@ -1373,7 +1380,7 @@ async def serve(settings: Settings, config_path: str | None = None, role: str = 
     except StartError as exc:
         daemon.log.error("relay.stopped", error=str(exc))
         await daemon.abort()
-        return 1
+        return 2 if exc.configuration else 1
     freeze_startup_heap()
     acceptors.watch(workers or [])
     if daemon.reload_pending:

@@ -18,6 +18,7 @@ listen.mx=5`, `--metrics-fd 7`).
 
 from __future__ import annotations
 
+import errno
 import socket
 from dataclasses import dataclass, field
 
@@ -29,7 +30,14 @@ BACKLOG = 511
 
 
 class ListenError(Exception):
-    """A listener cannot bind; the message names the key and the reason."""
+    """A listener cannot bind; the message names the key and the reason.
+    `configuration`: the configured address is wrong for this host (no such
+    name, no interface with that address), so `relay serve` exits 2 as for
+    any bad configuration; a port already taken exits 1."""
+
+    def __init__(self, message: str, configuration: bool = False):
+        super().__init__(message)
+        self.configuration = configuration
 
 
 def bind(key: str, value: str) -> list[socket.socket]:
@@ -41,7 +49,7 @@ def bind(key: str, value: str) -> list[socket.socket]:
     try:
         infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise ListenError(f"cannot listen on {key} {value}: {exc.strerror or exc}") from None
+        raise ListenError(f"cannot listen on {key} {value}: {exc.strerror or exc}", configuration=True) from None
     sockets: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
@@ -56,7 +64,8 @@ def bind(key: str, value: str) -> list[socket.socket]:
     except OSError as exc:
         for sock in sockets:
             sock.close()
-        raise ListenError(f"cannot listen on {key} {value}: {exc.strerror or exc}") from None
+        raise ListenError(f"cannot listen on {key} {value}: {exc.strerror or exc}",
+                          configuration=exc.errno == errno.EADDRNOTAVAIL) from None
     return sockets
 
 

@@ -63,6 +63,13 @@ def test_relay_config_environment_variable_is_used(tmp_path, monkeypatch):
     ({"delivery": {"mode": "carrier-pigeon"}}, "delivery.mode"),
     ({"limits": {"message_size": True}}, "limits.message_size"),
     ({"listen": {"mx": "localhost"}}, "listen.mx"),
+    # Found by a black-box probe: each passed check-config, then `relay serve` failed to bind.
+    ({"listen": {"mx": "999.1.1.1:12600"}}, "listen.mx"),
+    ({"listen": {"mx": "exa mple:12600"}}, "listen.mx"),
+    ({"listen": {"mx": "http://127.0.0.1:2525"}}, "listen.mx"),
+    ({"listen": {"mx": "0.0.0.0:25:25"}}, "listen.mx"),
+    ({"listen": {"mx": "[::1:2525"}}, "listen.mx"),
+    ({"delivery": {"smarthost": "smtp..example:25"}}, "delivery.smarthost"),
     ({"filters": {"order": ["link", "no_such_filter"]}}, "no_such_filter"),
     ({"filters": {"actions": {"link": "explode"}}}, "filters.actions.link"),
     ({"filters": {"surprise": 1}}, "filters.surprise"),
@@ -72,6 +79,12 @@ def test_bad_configuration_names_the_key(raw, key):
     with pytest.raises(ConfigError) as info:
         settings_from_dict(raw)
     assert key in str(info.value)
+
+
+@pytest.mark.parametrize("value", ["127.0.0.1:2525", "localhost:25", "[::1]:2525", "mx.relay.example:0",
+                                   "smtp-1.relay.example.:587", "0.0.0.0:25"])
+def test_listen_addresses_that_are_fine(value):
+    assert settings_from_dict({"listen": {"mx": value}, "delivery": {"smarthost": value}}).listen.mx == value
 
 
 def test_settings_are_frozen():
@@ -104,3 +117,22 @@ def test_serve_with_bad_config_exits_2(tmp_path):
     bad.write_text('[listen]\nmx = 25\n')
     result = run_relay("--config", str(bad), "serve", cwd=tmp_path)
     assert result.returncode == 2 and "listen.mx" in result.stderr
+
+
+def test_serve_on_an_address_the_host_does_not_have_exits_2_and_one_in_use_exits_1(tmp_path):
+    """A listen address no interface has (EADDRNOTAVAIL) is bad configuration:
+    exit 2; a port another program holds is a failure of the moment: exit 1."""
+    import socket
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'[store]\npath = "{tmp_path}/a.sqlite3"\n[listen]\nmx = "192.0.2.1:2525"\n')
+    result = run_relay("--config", str(bad), "serve", cwd=tmp_path)
+    assert result.returncode == 2 and "listen.mx" in result.stderr, result.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = tmp_path / "busy.toml"
+        port = taken.getsockname()[1]
+        busy.write_text(f'[store]\npath = "{tmp_path}/b.sqlite3"\n[listen]\nmx = "127.0.0.1:{port}"\n')
+        result = run_relay("--config", str(busy), "serve", cwd=tmp_path)
+    assert result.returncode == 1 and "listen.mx" in result.stderr, result.stderr
