@@ -52,6 +52,10 @@ def fragments(flt, text: str) -> list[str]:
     "write to john at gmail\ufe52com",  # small full stop
     'write to "john"@gmail.com',  # a quoted local part (RFC 5322 section 3.4.1)
     'write to "john.smith" @ gmail.com',
+    # Found by a black-box probe: refused as [link] only, never named an address.
+    "Write to john@gmail dot com",
+    "write to john@gmail(dot)com or john@gmail [dot] com",
+    "Write to john%40gmail.com",
 ])
 def test_obfuscated_email_address_is_found(text):
     assert fragments(EMAIL, text)

@@ -35,11 +35,14 @@ _LABEL = r"[\w-]{1,63}"
 LITERAL_EMAIL = re.compile(
     r"(?<![\w.%+'-])([\w.%+'-]{1,64})(\"?\s{0,2}@\s{0,2})((?:[\w-]{1,63}\.){1,8}[\w-]{2,63}|localhost)(?![\w-]|\.[\w-])"
 )
-_AT_STRONG = r"\s{0,3}[\[\(\{<]\s{0,2}(?:at|arobase|@)\s{0,2}[\]\)\}>]\s{0,3}|\s{1,3}@\s{0,3}|@\s{1,3}"
-_AT_WEAK = r"\s{1,3}(?:at|arobase)\s{1,3}"
 _DOT_STRONG = (r"\s{0,3}[\[\(\{<]\s{0,2}(?:dot|point|\.)\s{0,2}[\]\)\}>]\s{0,3}|\s{1,3}(?:dot|point)\s{1,3}"
                r"|\s{1,2}\.\s{1,2}")
 _DOT = rf"(?:{_DOT_STRONG}|\.)"
+# A bare "@" is obfuscated when the domain's first dot is ("john@gmail dot com"); "%40"
+# is an "@" escaped as in a URL ("john%40gmail.com").
+_AT_STRONG = (r"\s{0,3}[\[\(\{<]\s{0,2}(?:at|arobase|@)\s{0,2}[\]\)\}>]\s{0,3}|\s{1,3}@\s{0,3}|@\s{1,3}|%40"
+              rf"|@(?=[\w-]{{1,63}}(?:{_DOT_STRONG}))")
+_AT_WEAK = r"\s{1,3}(?:at|arobase)\s{1,3}"
 OBFUSCATED_EMAIL = re.compile(
     rf"(?<![\w.%+-])(?P<local>{_LABEL}(?:{_DOT}{_LABEL}){{0,3}})"
     rf"(?P<at>{_AT_STRONG}|{_AT_WEAK})"
@@ -107,8 +110,10 @@ _AT_ANCHORS = (
     re.compile(r"at(?<=[\s\[\(\{<]at)(?=[\s\]\)\}>])"),
     re.compile(r"arobase(?<=[\s\[\(\{<]arobase)(?=[\s\]\)\}>])"),
     re.compile(r"@(?:(?<=[\s\[\(\{<]@)|(?=[\s\]\)\}>]))"),
+    re.compile(r"%40"),
+    re.compile(rf"@(?=[\w-]{{1,63}}(?:{_DOT_STRONG}))"),
 )
-_AT_TAIL = re.compile(rf"(?:at|arobase|@)(?:\s{{0,2}}[\]\)\}}>])?\s{{0,3}}[\w-]{{1,63}}+(?:{_DOT})[\w-]")
+_AT_TAIL = re.compile(rf"(?:at|arobase|@|%40)(?:\s{{0,2}}[\]\)\}}>])?\s{{0,3}}[\w-]{{1,63}}+(?:{_DOT})[\w-]")
 
 
 def _obfuscated_windows(folded: str) -> list[tuple[int, int]]:
