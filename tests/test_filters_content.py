@@ -288,6 +288,32 @@ def test_promotion_not_found(text):
     assert fragments(PROMO, plain(text)) == []
 
 
+@pytest.mark.parametrize("text", [
+    # Found by a black-box probe: each passed.
+    "5 stars and we refund you",
+    "5 stars = full refund!",
+    "Five stars and we send you a gift.",
+    "Post a review with photos and we'll give you $10 back.",
+    "A positive review would mean the world to us, and we'll refund your shipping.",
+    "Please rate us 5/5",
+    "Please leave 5\u2605",
+    "Buy now and save 30%!",
+])
+def test_review_bribes_and_offers_the_probe_found(text):
+    assert fragments(PROMO, plain(text))
+
+
+@pytest.mark.parametrize("text", [
+    "Thanks for the great feedback; your refund is on its way.",
+    "The 5-star hotel near you offers free parking.",
+    "Rated 5/5 by the carrier for packaging, your parcel ships today.",
+    "You saved 30% on this order with the bundle.",
+    "Size 5/5.5 is out of stock, we refunded the difference.",
+])
+def test_words_near_those_bribes_stay_clean(text):
+    assert fragments(PROMO, plain(text)) == []
+
+
 def test_promotion_sentences_tell_what_to_fix():
     review = PROMO.check(plain("Leave us 5 stars!"), CTX)
     marketing = PROMO.check(plain("Subscribe to our newsletter"), CTX)

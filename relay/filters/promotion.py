@@ -49,11 +49,15 @@ _W3 = r"(?:[\w'-]{1,30}\s{1,3}){0,3}"
 _REVIEW = (r"(?:reviews?|feedback|ratings?|stars?|avis|evaluations?|commentaires?|(?:une|votre|bonne|mauvaise|"
            r"excellente|belle|meilleure) notes?|etoiles?|"
            r"testimonials?|temoignages?)")
-_STARS = r"(?:(?:5|five|cinq)[\s-]{0,2}(?:stars?|etoiles?)|(?:5|five)[\s-]star)"
+# Five stars, also as a score ("5/5") or drawn ("5\u2605", five \u2605).
+_STARS = (r"(?:(?:5|five|cinq)[\s-]{0,2}(?:stars?|etoiles?)|(?:5|five)[\s-]star|(?<![\d.,/])5\s?/\s?5(?![\d.,/])"
+          r"|5\s?\u2605|\u2605{5})")
 _INCENTIVE = (r"(?:free|gift|refund\w*|reimburs\w*|money back|cash ?back|discount\w*|coupons?|vouchers?|"
               r"rewards?|bonus|compensat\w*|gift ?cards?|\d{1,3}\s?%|[$€£]\s?\d{1,4}|\d{1,4}\s?(?:[$€£]|eur|euros?)|"
               r"cadeaux?|offert\w*|gratuit\w*|rembours\w*|bons? d'achat|bons? de \d|reduction|remise|"
               r"cartes? cadeaux?|recompens\w*)")
+# Where an incentive starts: a word start, or its currency sign ("$10" has no \b before it).
+_INC_START = r"(?:\b|(?=[$\u20ac\u00a3]))"
 _ASK = (r"(?:leav\w*|send\w*|screenshot\w*|captur\w*|envoy\w*|writ\w*|post\w*|giv\w*|shar\w*|publish\w*|submit\w*|"
         r"rat(?:e|ing)|updat\w*|chang\w*|"
         r"laiss\w*|publi\w*|ecri\w*|donn\w*|mett\w*|redig\w*|depos\w*|poster|modifi\w*)")
@@ -66,7 +70,7 @@ _HAPPY = (r"(?:happy|satisfied|pleased|delighted|love|like|enjoy\w*|satisfait\w*
 # substring test that keeps long messages without those words from paying for every regex.
 _GR = ("review", "feedback", "rating", "star", "avis", "evaluation", "comment", "note", "etoile", "testimonial",
        "temoignage")
-_STAR_GATE = ("star", "etoile")
+_STAR_GATE = ("star", "etoile", "/", "\u2605")
 
 REVIEW_PATTERNS: list[tuple[tuple[str, ...], str, str]] = [
     # 5-star asks: "leave us 5 stars", "a 5-star review", "un avis 5 étoiles" (not "a 5-star hotel")
@@ -95,12 +99,23 @@ REVIEW_PATTERNS: list[tuple[tuple[str, ...], str, str]] = [
      "ASK & REV & INC",
      rf"\b{_ASK}\s{_W3}{_REVIEW}\b{_GAP}\b(?:and|then|to|et|puis|pour)\s{_W3}(?:get|receive|earn|claim|"
      rf"we'?ll\s\w+|we will\s\w+|recevez|recevoir|recevrez|obtenez|obtenir|gagnez|profitez|nous vous\s\w+|"
-     rf"on vous\s\w+|vous\s(?:recevrez|sera|aurez))\b{_GAP}\b{_INCENTIVE}"),
+     rf"on vous\s\w+|vous\s(?:recevrez|sera|aurez))\b{_GAP}{_INC_START}{_INCENTIVE}"),
     # "if you leave a review, we will refund 10%"
     (_GR,
      "ASK & REV & INC",
      rf"\b(?:if|once|when|after|as soon as|si|une fois que|des que|apres)\s(?:you\s|vous\s)?(?:have\s|'ve\s|avez\s)?"
      rf"{_ASK}\s{_W3}{_REVIEW}\b{_GAP}\b{_INCENTIVE}"),
+    # five stars for something: "5 stars and we refund you", "5 stars = full refund" (not "a 5-star
+    # hotel offers free parking": the stars are joined to the incentive)
+    (_STAR_GATE,
+     "STARS & INC",
+     rf"{_STARS}[\s!,]{{0,3}}(?:=|->|\u2192|:|&|\+|\band\b|\bfor\b|\bthen\b|\bet\b|\bcontre\b|\bpour\b)"
+     rf"{_SHORT}{_INC_START}{_INCENTIVE}"),
+    # a positive review, then what "we'll" give: "a positive review ..., and we'll refund your shipping"
+    (("positive",),
+     "e:positive & w:review,feedback,rating & w:we,you & INC",
+     rf"\bpositive\s(?:reviews?|feedback|ratings?)\b{_GAP}\b(?:we'?ll|we will|you'?ll (?:get|receive))\s{_W2}"
+     rf"{_INC_START}{_INCENTIVE}"),
     # "in exchange for your review", "en échange de votre avis"
     (("exchange", "return", "echange", "contrepartie", "remerciement"),
      "w:exchange,return,echange,contrepartie,remerciement & REV",
@@ -220,6 +235,9 @@ MARKETING_PATTERNS: list[tuple[tuple[str, ...], str, str]] = [
     (("%",),
      "s:% & w:everything",
      r"\beverything\s(?:is\s)?(?:now\s)?\d{1,2}\s?%\s?off\b"),
+    (("save",),
+     "w:save & s:%",
+     r"\bsave\s(?:up to\s)?\d{1,2}\s?%"),
     (("%",),
      "s:% & e:up",
      r"\bup to\s\d{1,2}\s?%\s?off\b"),
@@ -374,7 +392,8 @@ class _Near:
 
 _REVIEW_NOUNS = ("review", "feedback", "rating", "avis", "evaluation", "commentaire", "note")
 _GATE_REGEXES = {
-    "stars": _Near(r"(?:5|five|cinq)[\s-]{0,2}(?:star|etoile)", ("star", "etoile"), 6),  # ("5star": not a word start)
+    "stars": _Near(r"(?:5|five|cinq)[\s-]{0,2}(?:star|etoile)|5\s?/\s?5|5\s?\u2605|\u2605{5}",
+                   ("star", "etoile", "/", "\u2605"), 6, 5),  # ("5star": not a word start)
     "onestar": _Near(r"(?:1|one)[\s-]star", ("star",), 4, starts_word=True),
     "notes": _Near(r"(?:une|votre|bonne|mauvaise|excellente|belle|meilleure) note", ("note",), 11, starts_word=True),
     "yourreview": _Near(r"(?:your|votre)\s(?:review|feedback|rating|avis|evaluation|note)", _REVIEW_NOUNS, 6,
