@@ -189,3 +189,24 @@ def test_forwarded_message_attachments_are_judged():
     view = MessageView.from_message(outer)
     result = Chain(FilterSettings()).run(view, FilterContext(direction=BUYER_TO_SELLER))
     assert result.rejection is not None and result.rejection.code == "attachment_type"
+
+
+@pytest.mark.parametrize("limit, total, words", [
+    (10 * 1024 * 1024, 10 * 1024 * 1024 + 1, ("10,485,761 bytes", "10 MiB (10,485,760 bytes)")),
+    (1000, 1002, ("1,002 bytes", "1,000 bytes")),
+    (2 * 1024 * 1024, 3 * 1024 * 1024, ("3.0 MiB", "2 MiB")),
+])
+def test_the_size_refusal_tells_sizes_that_differ(limit, total, words):
+    """"10.0 MiB, above the limit of 10.0 MiB" told the seller nothing (found
+    by a black-box probe): sizes that would read the same are given in bytes."""
+    flt = AttachmentTooLarge(FilterSettings(attachment_max_bytes=limit))
+    [finding] = flt.check(MessageView(subject="x", attachments=(att("a.pdf", "application/pdf", b"x" * total),)), CTX)
+    for word in words:
+        assert word in finding.sentence, finding.sentence
+
+
+def test_the_count_refusal_says_attachment_for_one():
+    flt = AttachmentTooLarge(FilterSettings(attachment_max_count=1))
+    two = MessageView(subject="x", attachments=(att("a.png", "image/png", PNG),) * 2)
+    [finding] = flt.check(two, CTX)
+    assert "at most 1 attachment and" in finding.sentence, finding.sentence

@@ -189,17 +189,32 @@ class AttachmentTooLarge:
         total = sum(a.size for a in view.attachments)
         limit = self.settings.attachment_max_bytes
         if total > limit:
+            total_text, limit_text = _sizes(total, limit)
             findings.append(Finding(
                 "attachment_too_large", f"{total} bytes", "attachments",
-                f"Attachments total {total / 1048576:.1f} MiB, above the limit of {limit / 1048576:.1f} MiB; "
-                "send fewer or smaller files."))
+                f"Attachments total {total_text}, above the limit of {limit_text}; send fewer or smaller files."))
         count, max_count = len(view.attachments), self.settings.attachment_max_count
         if count > max_count:
             findings.append(Finding(
                 "attachment_too_large", f"{count} attachments", "attachments",
-                f"A message may carry at most {max_count} attachments and this one has {count}; "
-                "send the others in a separate message."))
+                f"A message may carry at most {max_count} attachment{'' if max_count == 1 else 's'} and this one "
+                f"has {count}; send the others in a separate message."))
         return findings
+
+
+def _sizes(total: int, limit: int) -> tuple[str, str]:
+    """The total and the limit as a seller reads them: MiB, or bytes where
+    MiB would make them look the same ("10.0 MiB, above the limit of 10.0 MiB")."""
+    mib = 1024 * 1024
+
+    def size(n: int) -> str:
+        if n % mib == 0:
+            return f"{n // mib} MiB"
+        return f"{n / mib:.1f} MiB" if n >= mib else f"{n:,} bytes"
+
+    if total >= mib and round(total / mib, 1) == round(limit / mib, 1):
+        return f"{total:,} bytes", f"{size(limit)} ({limit:,} bytes)" if limit >= mib else f"{limit:,} bytes"
+    return (f"{total / mib:.1f} MiB" if total >= mib else f"{total:,} bytes"), size(limit)
 
 
 @dataclass
