@@ -386,7 +386,7 @@ class Pipeline:
             recipient=recipient.address, verdict="accepted", reasons=verdict.reasons,
             findings=findings, critical=critical, unsolicited=unsolicited,
             to_opted_out=ctx.buyer_opted_out, subject=subject,
-            fingerprint=text_fingerprint(MessageView(subject, tuple(result.parts))),
+            fingerprint=text_fingerprint(MessageView(subject, tuple(result.parts), tuple(result.attachments))),
             inbound=content, outbound=result.data)
         original_ids = message_ids_in(message.get("Message-ID"))
         token = tokens.ordered_token_hex(12)

@@ -124,6 +124,25 @@ async def test_a_message_that_failed_to_reach_the_buyer_may_be_sent_again(shop):
     assert_rejected(send(relay, message(alias, "Your parcel left our depot this morning.")), "duplicate")
 
 
+async def test_the_same_words_with_another_attachment_are_no_duplicate(shop):
+    """A corrected invoice sent with the same covering words is another
+    message (found by a black-box probe: it was refused [duplicate]); the same
+    words with the same file are the same message."""
+    relay, aliases = await shop()
+    relay.cli("order", "open", "o1", "--seller", "s1", "--buyer", BUYER, check=True)
+    send(relay, message(aliases["seller_alias"], "Could you send the invoice?", frm=BUYER), mail_from=BUYER)
+
+    def invoice(pdf: bytes) -> EmailMessage:
+        msg = message(aliases["buyer_alias"], "Please find the invoice attached.")
+        msg.add_attachment(pdf, maintype="application", subtype="pdf", filename="invoice.pdf")
+        return msg
+
+    first = b"%PDF-1.4\n1 0 obj << /Total (19.99) >> endobj\n%%EOF\n"
+    assert send(relay, invoice(first))[0] == 250
+    assert send(relay, invoice(first.replace(b"19.99", b"17.99")))[0] == 250
+    assert_rejected(send(relay, invoice(first)), "duplicate")
+
+
 async def test_opt_out_critical_and_replies(shop):
     relay, aliases = await shop()
     relay.cli("optout", "add", BUYER, check=True)

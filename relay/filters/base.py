@@ -160,8 +160,18 @@ def is_critical(subject: str) -> bool:
 def text_fingerprint(view: MessageView) -> str:
     """A fingerprint of the message's words: case, accents, whitespace,
     punctuation and quoted lines do not change it, so re-sending the same text
-    with cosmetic edits is still recognised as a duplicate."""
-    return _parts_fingerprint(view.parts)
+    with cosmetic edits is still recognised as a duplicate.  Attachments are
+    part of the message: the same words with another file (a corrected
+    invoice) are another message."""
+    words = _parts_fingerprint(view.parts)
+    if not view.attachments:
+        return words
+    digest = hashlib.sha256(words.encode())
+    for attachment in view.attachments:
+        # (of a large file `data` is its first octets only: with its size, enough to tell versions apart)
+        digest.update(b"\0%d\0%s\0" % (attachment.size, (attachment.filename or "").encode("utf-8", "replace")))
+        digest.update(hashlib.sha256(attachment.data).digest())
+    return digest.hexdigest()
 
 
 # The `duplicate` rule and the audit record both want the fingerprint of the
