@@ -402,3 +402,44 @@ def test_text_attachments_are_read_like_text_parts():
     assert {("phone_number", "attachment notes.txt"), ("link", "attachment notes.txt"),
             ("email_address", "attachment page.html")} <= found
     assert not any(location == "attachment p.png" and code != "attachment_type" for code, location in found)
+
+
+# ------------------------------------------------------------------ attachment names
+
+def with_file(name: str) -> MessageView:
+    from relay.filters.base import Attachment
+
+    return MessageView(subject="Your order", parts=(TextPart("text/plain part 1", "text/plain", "See the file."),),
+                       attachments=(Attachment("attachment 1", name, "image/png", b"\x89PNG\r\n\x1a\n"),))
+
+
+@pytest.mark.parametrize("flt, name", [
+    (PHONE, "invoice_+44 20 7946 0958.pdf"),
+    (PhoneNumber(SETTINGS), "call me 415-555-2671.png"),
+    (EmailAddress(SETTINGS), "john@gmail.com.png"),
+    (LINK, "visit www.luna-crafts.com.pdf"),
+])
+def test_contact_details_in_an_attachment_name_are_found(flt, name):
+    """A file's name is shown to the buyer like its text (found by a black-box probe)."""
+    assert fragments(flt, with_file(name))
+
+
+@pytest.mark.parametrize("name", ["logo@2x.png", "WhatsApp Image 2023-11-15 at 12.34.56.jpeg",
+                                  "IMG_20231115_123456.jpg", "Screenshot 2024-03-15 at 10.22.33 AM.png",
+                                  "invoice_2024-000457.pdf", "report.final.v2.docx"])
+def test_ordinary_attachment_names_stay_clean(name):
+    for flt in (LINK, EmailAddress(SETTINGS), PHONE, PROMO):
+        assert fragments(flt, with_file(name)) == [], (flt, name)
+
+
+def test_logo_at_2x_in_text_is_no_address():
+    assert fragments(EmailAddress(SETTINGS), plain("Use logo@2x.png and icon@3x.webp for retina screens.")) == []
+
+
+def test_a_finding_in_an_attachment_name_is_rejected_even_where_redaction_is_asked():
+    from relay.filters.chain import Chain
+    from relay.filters.settings import parse_filter_settings
+
+    chain = Chain(parse_filter_settings({"actions": {"phone_number": "redact"}}))
+    result = chain.run(with_file("call me 415-555-2671.png"), CTX)
+    assert result.rejection is not None and result.rejection.code == "phone_number" and not result.redactions

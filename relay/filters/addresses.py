@@ -76,6 +76,12 @@ _DETERMINER_BEFORE = re.compile(
 )
 
 
+# File name extensions that are no top-level domain: "logo@2x.png" is a retina image's
+# name, not an address.  (zip, mov and a few others are real domains: not listed.)
+_FILE_EXTENSIONS = frozenset("png jpg jpeg gif webp svg bmp tif tiff heic pdf doc docx xls xlsx txt csv "
+                             "css js html htm json xml".split())
+
+
 def _domain_ok(domain: str, strict: bool) -> bool:
     labels = domain.lower().split(".")
     if any(not label or label.startswith("-") or label.endswith("-") for label in labels):
@@ -83,8 +89,8 @@ def _domain_ok(domain: str, strict: bool) -> bool:
     if domain.lower() == "localhost":
         return True
     tld = labels[-1]
-    if not (tld.isalpha() or tld.startswith("xn--")):
-        return False
+    if not (tld.isalpha() or tld.startswith("xn--")) or tld in _FILE_EXTENSIONS:
+        return False  # (find_emails first takes a file's extension off: "bob@gmail.com.png")
     if strict:
         _, registrable, suffix = split_host(domain)
         return bool(suffix) and bool(registrable)
@@ -135,11 +141,14 @@ def find_emails(text: str) -> tuple[tuple[int, int, str], ...]:
     if "@" in folded:
         at_signs = [m.span() for m in _AT_SIGN.finditer(folded)]
         for m in windowed_finditer(LITERAL_EMAIL, folded, windows(folded, at_signs, 66, 3)):
-            local, domain = m.group(1).strip(".'"), m.group(3)
+            local, domain, end = m.group(1).strip(".'"), m.group(3), m.end()
+            head, _, extension = domain.rpartition(".")
+            if extension.lower() in _FILE_EXTENSIONS and "." in head:  # a file's name: "bob@gmail.com.png"
+                domain, end = head, end - len(extension) - 1
             if not local or not _domain_ok(domain, strict=False):
                 continue
             start = m.start(1) + (len(m.group(1)) - len(m.group(1).lstrip(".'")))
-            found.append((start, m.end(), f"{local}@{domain}".lower()))
+            found.append((start, end, f"{local}@{domain}".lower()))
             taken.claim(m.start(), m.end())
     # (the anchors of the windows are whole "at", "arobase" or "@" signs between whitespace or
     # brackets, followed by a dotted domain: tabs and line breaks count as spaces)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from relay.filters.base import FilterContext, Finding, MessageView
-from relay.filters.content import AS_DISPLAYED
+from relay.filters.content import redactable
 from relay.filters.registry import FILTERS
 from relay.filters.settings import FilterSettings
 
@@ -53,11 +53,11 @@ class Chain:
                 findings.append(finding)
                 action = self.settings.action_for(finding.code)
                 marker = REDACTION_MARKERS.get(finding.code)
-                if action == "redact" and marker and finding.fragment and not finding.location.endswith(AS_DISPLAYED):
+                if action == "redact" and marker and finding.fragment and redactable(finding.location):
                     redactions.append((finding.fragment, marker))
                 elif action in ("reject", "redact") and rejection is None:
                     # A finding that cannot be redacted (an attachment, a quota, what only the
-                    # displayed text shows) is rejected.
+                    # displayed text shows, a file's name) is rejected.
                     rejection = finding
         return ChainResult(tuple(findings), rejection, tuple(redactions))
 

@@ -361,6 +361,14 @@ _VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "inpu
 # ending, and the finding cannot be redacted (relay.filters.chain), since the
 # fragment is not written anywhere in the markup.
 AS_DISPLAYED = " (as displayed)"
+# The location of what a filter found in an attachment's file name (shown to the
+# reader like text); the rewriter redacts text, not names, so it is not redacted.
+NAME_OF = "name of "
+
+
+def redactable(location: str) -> bool:
+    """Can a finding at `location` be redacted where it was written?"""
+    return not location.endswith(AS_DISPLAYED) and not location.startswith(NAME_OF)
 _REFRESH_URL = re.compile(r"url\s{0,5}=\s{0,5}['\"]?([^'\"\s;]{1,4096})", re.IGNORECASE)
 
 
@@ -776,10 +784,14 @@ def _texts(view: MessageView) -> Iterator[tuple[str, str, str]]:
 
 
 def text_sources(view: MessageView) -> Iterator[tuple[str, str]]:
-    """(location, text) of everything a reader sees as text: the subject, the text parts and
-    the text attachments (a .txt file, an HTML page as the text it shows)."""
+    """(location, text) of everything a reader sees as text: the subject, the text parts,
+    the text attachments (a .txt file, an HTML page as the text it shows) and the names of
+    the attachments."""
     if view.subject:
         yield "subject", view.subject
+    for att in view.attachments:
+        if att.filename:
+            yield NAME_OF + att.location, att.filename
     for location, ctype, text in _texts(view):
         if ctype != "text/html":
             yield location, text
