@@ -142,7 +142,7 @@ def _match_window(window: str, regions: tuple[str, ...], international: bool) ->
         try:
             for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency, max_tries=50):
                 hits[(match.start, match.end)] = None
-            if not international and _nanp(region):
+            if not international and _nanp(region) and NANP_SHAPE.search(window):
                 for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=_POSSIBLE, max_tries=50):
                     if NANP_SHAPE.fullmatch(match.raw_string):
                         hits[(match.start, match.end)] = None
