@@ -2,9 +2,11 @@
 promotion, tracking_pixel): where text lives in a message, how HTML is read,
 how text is normalised for matching.
 
-- `text_sources(view)` yields (location, text) for the subject, every
-  text/plain part and text attachment, and every text/html part or attachment
-  converted to the text a reader sees.
+- `text_sources(view)` yields (location, text) for the subject, the name of
+  every attachment, every text/plain part and text attachment, and every
+  text/html part or attachment converted to its text; where CSS or the
+  `hidden` attribute hides some of it, also the text as displayed without
+  it ("415<span hidden>7</span>-555-2671" shows a phone number).
 - `scan_html(markup)` parses markup once (stdlib html.parser, cached) into the
   visible text, the navigation URLs (href, form action, ...) and the resources a
   mail client would load (img src, CSS url(), background=, <link rel=stylesheet>...),

@@ -9,7 +9,7 @@ it would still take for a phone number is removed first, or refused after:
 - masked before matching: Amazon order numbers (123-4567890-1234567), dates
   (2024-03-15, 15/03/2024, 15.03.24), year-prefixed references (2024-000457,
   2024-03-0457), prices with a currency ($1,234.56, 12,50 €, EUR 45), UPS tracking
-  (1Z...), long digit runs (USPS 9400 1000 0000 ..., 14+ digits);
+  (1Z..., also in UPS's spaced layout), long digit runs (USPS 9400 1000 0000 ..., 14+ digits);
 - refused after matching: a number right after a reference word (order, invoice,
   tracking, SKU, serial, n°, #, commande, facture, suivi, colis, ...); a bare
   run of digits without separators that neither starts with a trunk prefix (0)
@@ -18,6 +18,10 @@ it would still take for a phone number is removed first, or refused after:
   that only regions whose numbers are written with one (GB, FR, DE: 0) would
   take: "sizes 38 40 42" is a valid German number, +49 384042, to libphonenumber,
   but a German writes 038 40 42 or +49 38 40 42.
+
+A North American number written 3-3-4 with separators ((555) 123-4567,
+555.123.4567) is a phone number whatever its range (NANP_SHAPE): libphonenumber
+calls the 555 numbers that examples and test suites use invalid.
 
 Also flagged: tel:/sms:/callto: links in HTML, and numbers spelled out as nine or
 more digit words ("zero seven seven zero zero nine...", "zéro six un deux...").
