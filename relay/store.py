@@ -204,9 +204,9 @@ ORDER_FACTS = (
     "              AND verdict = 'accepted') AS buyer_wrote, "
     "(SELECT COUNT(*) FROM audit WHERE order_id = :o AND direction = 'seller_to_buyer' "
     " AND verdict = 'accepted' AND unsolicited = 1) AS unsolicited, "
-    "(SELECT group_concat(a.fingerprint, ' ') FROM audit a WHERE a.order_id = :o "
-    " AND a.direction = 'seller_to_buyer' AND a.verdict = 'accepted' AND a.fingerprint IS NOT NULL "
-    " AND NOT EXISTS(SELECT 1 FROM queue q WHERE q.audit_id = a.id AND q.state = 'failed')) AS prints, "
+    "(SELECT group_concat(fingerprint, ' ') FROM audit WHERE order_id = :o "
+    " AND direction = 'seller_to_buyer' AND verdict = 'accepted' AND fingerprint IS NOT NULL "
+    " AND NOT EXISTS(SELECT 1 FROM queue q WHERE q.audit_id = audit.id AND q.state = 'failed')) AS prints, "
     "EXISTS(SELECT 1 FROM optouts WHERE address = :b) AS opted_out")
 
 

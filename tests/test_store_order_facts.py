@@ -59,6 +59,8 @@ async def test_the_facts_for_the_filters_are_read_from_an_index_alone(tmp_path):
     searches = [step for step in plan if " audit " in f" {step} "]
     assert len(searches) == 3, plan
     assert all("COVERING INDEX" in step for step in searches), plan
+    # whether a previous message's delivery failed: its queue entry, by the queue_audit index
+    assert any("INDEX queue_audit" in step for step in plan), plan
 
 
 async def test_the_facts_count_only_what_the_rules_count(tmp_path):
