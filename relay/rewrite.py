@@ -690,10 +690,15 @@ def decoded_payload(part: EmailMessage, raw: bytes) -> bytes | None:
     again), and base64 is decoded from `raw` with the line breaks deleted in
     one pass (the stdlib splits it into a list of lines and joins them).
     Anything else is the stdlib's answer."""
+    header = str(part.get("content-transfer-encoding", ""))
+    cte = header.strip().lower()
+    if header != cte and cte:
+        # "base64 " or "Base64": the stdlib decodes only the exact lower-case name, and the
+        # header is written out clean (part_headers), so the body must be decoded as it says.
+        part.replace_header("Content-Transfer-Encoding", cte)
     payload = part._payload
     if not isinstance(payload, str) or not payload.isascii():
         return part.get_payload(decode=True)
-    cte = str(part.get("content-transfer-encoding", "")).lower()
     if cte == "base64":
         value = _strict_base64(raw)
         if value is not None:
