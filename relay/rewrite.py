@@ -638,7 +638,8 @@ class _Writer:
         # and is 7-bit: 8-bit bytes are re-encoded, so the next hop never
         # needs 8BITMIME and bytes invalid in their charset never pass (#57).
         if new_text == text and raw.isascii() and cte in ("7bit", "8bit", "quoted-printable", "base64", "") and \
-                _lines_fit(raw) and self._raw_is_clean(raw, text, text_scrubbed):
+                _lines_fit(raw) and (cte != "base64" or _padding_only_at_the_end(raw)) and \
+                self._raw_is_clean(raw, text, text_scrubbed):
             return self.part_headers(part), self._as_received(part, raw)
         body, new_cte = _encode_text(new_text, charset, prefer_base64=(cte == "base64"))
         headers = self.part_headers(part, new_cte=new_cte)
@@ -867,6 +868,16 @@ def _raw_payload(part: EmailMessage) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that no byte produced
         return text.encode("utf-8", "replace")
+
+
+def _padding_only_at_the_end(raw: bytes | Span) -> bool:
+    """Base64 with "=" only in its final padding.  After an early "=" the
+    stdlib's decoder stops, where GNU base64 and some mail clients go on: the
+    octets after it were never read here, so they are not relayed as received."""
+    end = len(raw)
+    while end and raw[end - 1:end] in (b"\r", b"\n", b"\t", b" ", b"="):
+        end -= 1
+    return raw.find(b"=", 0, end) < 0
 
 
 def _lines_fit(raw: bytes) -> bool:

@@ -108,6 +108,9 @@ def test_decoded_payload_equals_get_payload(cte, body, ctype):
     head = f"Content-Type: {ctype}\r\n" + (f"Content-Transfer-Encoding: {cte}\r\n" if cte else "")
     data = head.encode() + b"\r\n" + body
     ours, stdlib = parse_message(data), parse_message(data)
+    if cte.strip() and cte != cte.strip().lower():
+        # decoded as the header says: the stdlib decodes only the exact lower-case name
+        stdlib.replace_header("Content-Transfer-Encoding", cte.strip().lower())
     expected = stdlib.get_payload(decode=True)
     got = rewrite.decoded_payload(ours, rewrite._raw_payload(ours))
     assert got == expected
