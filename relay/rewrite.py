@@ -411,9 +411,12 @@ def _header_line(name: str, value: str) -> bytes:
 
 class _Writer:
     def __init__(self, scrubber: Scrubber, redactions: tuple[tuple[str, str], ...],
-                 cid_map: dict[str, str] | None = None, source: bytes | None = None):
+                 cid_map: dict[str, str] | None = None, source: bytes | None = None,
+                 names: dict[str, str] | None = None):
         self.scrubber = scrubber
         self.redactions = redactions
+        # alias (lower case) -> how a forwarded message's headers name that party ("" for none)
+        self.names = names or {}
         # The received message (relay.parsing), where an unchanged body's octets can be found.
         self.source = source
         # Content-IDs name the writer's host (Thunderbird: part1.x@sender.example):
@@ -535,6 +538,16 @@ class _Writer:
         inner_headers, inner_body = self.part(inner, depth + 1)
         return headers, [*inner_top, *inner_headers, b"\r\n", *inner_body]
 
+    def _nested_mailbox(self, display: str, address: str) -> tuple[str, str]:
+        """A mailbox of a forwarded message's header: a party's address
+        becomes its alias, named as the relay names that party (its mail
+        client's display name is its real name, THREATS #45); anyone
+        else's is scrubbed as text."""
+        scrubbed = self.scrub_text(address)
+        if scrubbed != address and scrubbed.lower() in self.names:
+            return self.names[scrubbed.lower()], scrubbed
+        return clean_header_text(self.scrub_text(display)), scrubbed
+
     def nested_headers(self, inner: EmailMessage) -> list[bytes]:
         lines = []
         for name in KEPT_NESTED_HEADERS:
@@ -543,8 +556,7 @@ class _Writer:
             if name in NESTED_ADDRESS_HEADERS:
                 try:
                     pairs = getaddresses([str(v) for v in inner.get_all(name, [])])
-                    rendered = ", ".join(formataddr((clean_header_text(self.scrub_text(n)), self.scrub_text(a)))
-                                         for n, a in pairs if a)
+                    rendered = ", ".join(formataddr(self._nested_mailbox(n, a)) for n, a in pairs if a)
                 except Exception:  # not an address list we can rebuild (the parser may even raise): keep it as text
                     rendered = self.scrub_text(header_text(inner, name))
                 if rendered:
@@ -949,7 +961,8 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
     """Produce the bytes the recipient receives, and the decoded view of them
     that the filters judge."""
     writer = _Writer(build_scrubber(parties), redactions, _content_id_map(message, parties.hostname),
-                     getattr(message, "source_octets", None))
+                     getattr(message, "source_octets", None),
+                     {parties.sender_alias.lower(): parties.sender_display, parties.recipient_alias.lower(): ""})
     subject = writer.scrub_text(header_text(message, "Subject"))
     subject = clean_header_text(subject)[:900]
     top: list[bytes] = [

@@ -150,6 +150,24 @@ def test_base64_padded_early_is_sent_as_read_not_as_received():
     assert b"bob.real" not in decoded and b"buyer.test" not in decoded
 
 
+def test_a_forwarded_message_names_a_party_as_the_relay_does():
+    """Inside a forwarded message, a party's address became its alias but
+    the display name its mail client wrote stayed (found by a black-box
+    probe: "Sam Realname" <alias>).  A party is named as the top-level From
+    names the writer; the reader's own name is dropped; others keep theirs."""
+    inner = (b"From: \"Samuel Realname\" <sam.real@shop.example>\r\n"
+             b"To: Bobby Zephyrine <bob.real@buyer.test>, Carol Third <carol@third.example>\r\n"
+             b"Cc: =?utf-8?q?Samuel_Realname?= <sam.real+cc@shop.example>\r\nSubject: old\r\n\r\nold text\r\n")
+    raw = (b"From: sam.real@shop.example\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nsee\r\n"
+           b"--BB\r\nContent-Type: message/rfc822\r\n\r\n" + inner + b"--BB--\r\n")
+    out = rewrite(raw)
+    text = all_decoded_text(out)
+    assert "Realname" not in text and "Samuel" not in text and "Zephyrine" not in text, text
+    assert f'"Sam\'s Shop" <{SELLER_ALIAS}>' in text or f"Sam's Shop <{SELLER_ALIAS}>" in text
+    assert "Carol Third <carol@third.example>" in text
+
+
 def test_a_spelling_read_as_the_address_but_not_replaceable_is_refused():
     """Mathematical bold letters read as the address (the scrubber's view
     folds compatibility forms) but its pattern does not know them: the text
