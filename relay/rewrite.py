@@ -628,6 +628,9 @@ class _Writer:
             except (LookupError, UnicodeDecodeError):
                 charset = "utf-8"
                 text = bytes(decoded).decode("utf-8", errors="replace")
+        if "begin" in text and _INLINE_UUENCODE.search(text):
+            raise RewriteError("550 5.7.1 [unscannable] A file uuencoded inside the text cannot be checked; "
+                               "send it as an ordinary attachment.")
         new_text = text
         for old, new in self.cid_map.items():
             if "cid:" + old in new_text:
@@ -880,6 +883,12 @@ def _raw_payload(part: EmailMessage) -> bytes:
         return text.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:  # a lone surrogate that no byte produced
         return text.encode("utf-8", "replace")
+
+
+# A file uuencoded inside a text part ("begin 644 name", lines of uuencode, "end"),
+# which mail clients show as an attachment: its first data line is a length
+# character (M for 45 octets) and 4k+ characters of the uuencode alphabet.
+_INLINE_UUENCODE = re.compile(r"(?m)^begin(?:-base64)? [0-7]{3,4} [^\r\n]+\r?\n[!-`][ -`]{3,}\r?$")
 
 
 def _padding_only_at_the_end(raw: bytes | Span) -> bool:

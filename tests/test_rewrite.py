@@ -168,6 +168,20 @@ def test_a_forwarded_message_names_a_party_as_the_relay_does():
     assert "Carol Third <carol@third.example>" in text
 
 
+def test_a_file_uuencoded_inside_the_text_is_refused():
+    """Mail clients show a "begin 644 name ... end" block of a text part as
+    an attachment; what it holds passed unread (found by a black-box probe)."""
+    import binascii
+
+    block = b"begin 644 contact.txt\r\n" + binascii.b2a_uu(b"write to bob.real@buyer.test") + b"`\r\nend\r\n"
+    raw = b"From: sam.real@shop.example\r\nSubject: x\r\n\r\nSee the file.\r\n\r\n" + block
+    with pytest.raises(RewriteError) as refused:
+        rewrite(raw)
+    assert "[unscannable]" in str(refused.value) and "uuencoded" in str(refused.value)
+    # Prose that merely starts a line with "begin" is no file.
+    assert_clean(rewrite(b"From: sam.real@shop.example\r\nSubject: x\r\n\r\nbegin 644 pages of the manual\r\nend\r\n"))
+
+
 def test_a_spelling_read_as_the_address_but_not_replaceable_is_refused():
     """Mathematical bold letters read as the address (the scrubber's view
     folds compatibility forms) but its pattern does not know them: the text
