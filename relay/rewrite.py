@@ -641,6 +641,8 @@ class _Writer:
         new_text = self._redact(scrubbed)
         if ctype == "text/plain" or ctype == "text/html":
             new_text = _strip_pgp_blocks(new_text)
+        if ctype == "text/html" and "mid:" in new_text.lower():
+            new_text = _MID_URI.sub("mid:", new_text)
         is_body = ctype in ("text/plain", "text/html") and not filename and \
             part.get_content_disposition() != "attachment"
         if is_body:
@@ -889,6 +891,11 @@ def _raw_payload(part: EmailMessage) -> bytes:
 # which mail clients show as an attachment: its first data line is a length
 # character (M for 45 octets) and 4k+ characters of the uuencode alphabet.
 _INLINE_UUENCODE = re.compile(r"(?m)^begin(?:-base64)? [0-7]{3,4} [^\r\n]+\r?\n[!-`][ -`]{3,}\r?$")
+
+
+# A message's id as a URI (RFC 2392) in HTML, as mail clients cite a quoted message
+# (<blockquote type="cite" cite="mid:...">): it names the writer's domain, so it goes.
+_MID_URI = re.compile(r"\bmid:[^\s\"'<>]{1,998}", re.IGNORECASE)
 
 
 def _padding_only_at_the_end(raw: bytes | Span) -> bool:

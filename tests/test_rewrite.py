@@ -182,6 +182,21 @@ def test_a_file_uuencoded_inside_the_text_is_refused():
     assert_clean(rewrite(b"From: sam.real@shop.example\r\nSubject: x\r\n\r\nbegin 644 pages of the manual\r\nend\r\n"))
 
 
+def test_a_quoted_messages_id_in_html_is_dropped():
+    """Apple Mail and Thunderbird cite the quoted message by its Message-ID
+    (<blockquote type="cite" cite="mid:...@shop.example">), which names the
+    writer's domain; the relay replaces Message-IDs everywhere else (found by
+    a black-box probe)."""
+    msg = EmailMessage()
+    msg["From"] = SELLER
+    msg["Subject"] = "x"
+    msg.set_content('<p>Yes.</p><blockquote type="cite" cite="mid:ABCD-1234@shop.example">'
+                    '<a href="MID:ABCD-1234@shop.example">earlier</a> old</blockquote>', subtype="html")
+    out = rewrite(msg.as_bytes())
+    assert_clean(out)
+    assert b"blockquote" in out
+
+
 def test_a_spelling_read_as_the_address_but_not_replaceable_is_refused():
     """Mathematical bold letters read as the address (the scrubber's view
     folds compatibility forms) but its pattern does not know them: the text
