@@ -926,11 +926,7 @@ class Store:
                 "UPDATE queue SET state = 'failed', last_error = ?, attempts = attempts + 1, updated_at = ?, "
                 f"{_UNCLAIM} WHERE id = ?", (error, now, entry_id))
             if notice is not None:
-                mail_from, rcpt_to, message = notice
-                db.execute(
-                    "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, message, state, created_at, "
-                    "next_attempt, updated_at) VALUES (NULL, 'bounce', ?, ?, ?, 'queued', ?, ?, ?)",
-                    (mail_from, rcpt_to, message, now, now, now))
+                _queue_notice(db, notice, now)
 
         await self.transact(work)
 
@@ -945,11 +941,7 @@ class Store:
             changed = db.execute("UPDATE queue SET state = 'failed', last_error = ?, updated_at = ? "
                                  "WHERE id = ? AND state != 'failed'", (error, now, entry_id)).rowcount
             if changed:
-                mail_from, rcpt_to, message = notice
-                db.execute(
-                    "INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, message, state, created_at, "
-                    "next_attempt, updated_at) VALUES (NULL, 'bounce', ?, ?, ?, 'queued', ?, ?, ?)",
-                    (mail_from, rcpt_to, message, now, now, now))
+                _queue_notice(db, notice, now)
             return bool(changed)
 
         return await self.transact(work)
@@ -969,6 +961,14 @@ class Store:
     async def bounce_token_entry(self, token: str) -> QueueEntry | None:
         row = await self._read_one("SELECT * FROM queue WHERE bounce_token = ?", (token,))
         return _queue_entry(row) if row else None
+
+
+def _queue_notice(db: sqlite3.Connection, notice: tuple[str, str, bytes], now: float) -> None:
+    """Queue a failure notice (mail_from, rcpt_to, message) in the caller's transaction."""
+    mail_from, rcpt_to, message = notice
+    db.execute("INSERT INTO queue (audit_id, kind, mail_from, rcpt_to, message, state, created_at, next_attempt, "
+               "updated_at) VALUES (NULL, 'bounce', ?, ?, ?, 'queued', ?, ?, ?)",
+               (mail_from, rcpt_to, message, now, now, now))
 
 
 # Message copies larger than this go into the audit row by incremental blob
