@@ -34,7 +34,7 @@ from email import policy
 from email.header import Header
 from email.message import EmailMessage, _formatparam  # the stdlib's own parameter quoting
 from email._encoded_words import decode_b as _decode_b
-from email.utils import collapse_rfc2231_value, formataddr, getaddresses
+from email.utils import collapse_rfc2231_value, encode_rfc2231, formataddr, getaddresses
 
 from relay import tokens
 from relay.chunks import Chunks, Span
@@ -391,6 +391,17 @@ def _header_line(name: str, value: str) -> bytes:
     # decoded a second time by the reader's client.
     if len(name) + len(value) <= 76 and "=?" not in value and _PLAIN_HEADER_VALUE.fullmatch(value):
         return f"{name}: {value}\r\n".encode("ascii")
+    # Two shapes the stdlib folds wrong (CPython 3.11.7), found by a black-box probe:
+    if name in _PARAMETER_HEADERS:
+        # a long type with parameters: it encoded the MIME type itself as encoded words
+        folded = _fold_parameters(name, value if _PLAIN_HEADER_VALUE.fullmatch(value) else _rfc2231(name, value))
+        if folded is not None:
+            return folded
+    if name in _TEXT_HEADERS and not (value.isascii() and "=?" not in value):
+        # text with encoded words: it set a space between two of them, which readers drop
+        # (RFC 2047 section 6.2); every character, spaces included, goes inside the words
+        encoded = Header(value, "utf-8", maxlinelen=78, header_name=name).encode(linesep="\r\n")
+        return f"{name}: {encoded}\r\n".encode("ascii")
     try:
         return OUT_POLICY.fold_binary(name, value)
     except Exception:
@@ -405,6 +416,52 @@ def _header_line(name: str, value: str) -> bytes:
         plain = value.isascii() and "=?" not in value
         encoded = Header(value, "us-ascii" if plain else "utf-8", header_name=name).encode(linesep="\r\n")
         return f"{name}: {encoded}\r\n".encode("ascii")
+
+
+_PARAMETER_HEADERS = frozenset({"Content-Type", "Content-Disposition"})
+_TEXT_HEADERS = frozenset({"Subject", "Content-Description"})
+
+
+_TOKEN_VALUE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _rfc2231(name: str, value: str) -> str | None:
+    """A parameter header whose values hold other than printable ASCII, with
+    those values RFC 2231-encoded (name*=utf-8''...), as set_param writes
+    them; None for a value the header parser does not read."""
+    try:
+        params = OUT_POLICY.header_factory(name, value).params
+    except Exception:
+        return None
+    pieces = [value.split(";", 1)[0].strip()]
+    for key, param in params.items():
+        param = str(param)
+        if _PLAIN_HEADER_VALUE.fullmatch(param):
+            quoted = param if _TOKEN_VALUE.fullmatch(param) else '"' + re.sub(r'(["\\])', r"\\\1", param) + '"'
+            pieces.append(f"{key}={quoted}")
+        else:
+            pieces.append(f"{key}*={encode_rfc2231(param, 'utf-8')}")
+    return "; ".join(pieces)
+
+
+def _fold_parameters(name: str, value: str | None) -> bytes | None:
+    """A Content-Type or Content-Disposition of printable ASCII (non-ASCII
+    parameters are RFC 2231-encoded by then) folded before its parameters
+    only, as it is.  None when there is nothing to fold or a piece would
+    not fit a line of 998 octets."""
+    if not value or not value.isascii():
+        return None
+    pieces = value.split("; ")
+    lines: list[str] = [f"{name}: {pieces[0]}"]
+    for piece in pieces[1:]:
+        if len(lines[-1]) + 2 + len(piece) <= 78:
+            lines[-1] += "; " + piece
+        else:
+            lines[-1] += ";"
+            lines.append(" " + piece)
+    if any(len(line) > MAX_LINE for line in lines):
+        return None
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 # -------------------------------------------------------------- serialising
