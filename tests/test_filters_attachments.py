@@ -210,3 +210,15 @@ def test_the_count_refusal_says_attachment_for_one():
     two = MessageView(subject="x", attachments=(att("a.png", "image/png", PNG),) * 2)
     [finding] = flt.check(two, CTX)
     assert "at most 1 attachment and" in finding.sentence, finding.sentence
+
+
+def test_one_file_of_every_allowed_type_in_one_message_is_not_too_many():
+    """The contract's limits are 10 MiB in total and the allowed types; a
+    message with one file of each of the seven types, or a buyer's six
+    photos, or an Outlook signature's inline logos beside them, is ordinary
+    mail (found by a black-box probe: more than 5 files were refused)."""
+    flt = AttachmentTooLarge(FilterSettings())
+    seven = MessageView(subject="x", attachments=(att("a.png", "image/png", PNG),) * 7)
+    twenty = MessageView(subject="x", attachments=(att("a.png", "image/png", PNG),) * 20)
+    assert flt.check(seven, CTX) == [] and flt.check(twenty, CTX) == []
+    assert flt.check(MessageView(subject="x", attachments=(att("a.png", "image/png", PNG),) * 21), CTX)

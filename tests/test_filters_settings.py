@@ -22,7 +22,7 @@ def test_defaults():
     s = parse_filter_settings({})
     assert s.link_allow_domains == ()
     assert s.attachment_max_bytes == 10 * 1024 * 1024
-    assert s.attachment_max_count == 5
+    assert s.attachment_max_count == 20
     assert s.attachment_types == ("jpeg", "png", "gif", "pdf", "txt", "doc", "docx")
     assert s.phone_regions == ("US", "GB", "FR", "DE")
     assert s.promotion_phrases == ()

@@ -2,7 +2,7 @@
 
 Size: the decoded bytes of all attachments together above
 settings.attachment_max_bytes (10 MiB).  Count: more than
-settings.attachment_max_count (5) attachments is reported as
+settings.attachment_max_count (20) attachments is reported as
 `attachment_too_large` too (the contract has no separate code; "too much
 attached" is what the buyer or seller has to fix, by sending fewer files).  Inline
 images (multipart/related parts with a Content-ID) are attachments and count.

@@ -34,7 +34,7 @@ class FilterSettings:
     actions: dict[str, str] = field(default_factory=dict)  # reason code -> action; default "reject"
     link_allow_domains: tuple[str, ...] = ()  # no link domain is allowed until listed
     attachment_max_bytes: int = 10 * 1024 * 1024  # decoded, all attachments together
-    attachment_max_count: int = 5
+    attachment_max_count: int = 20
     attachment_types: tuple[str, ...] = ("jpeg", "png", "gif", "pdf", "txt", "doc", "docx")
     unsolicited_limit: int = 3  # seller messages per order before the buyer writes
     critical_quota: int = 10  # critical messages to opted-out buyers per seller per window
