@@ -235,6 +235,28 @@ def test_other_dashed_numbers_stay_clean(text):
     assert fragments(PHONE, plain(text)) == []
 
 
+@pytest.mark.parametrize("text", [
+    # Found by a black-box probe: each was refused [phone_number].
+    "Hi Bob, the dress comes in kids' sizes 06 08 10 12 14 (years). Which one do you need?",
+    "Hi, the pyjamas come in 02 04 06 08 ans.",
+    "Hi Bob, the dress is available in EU sizes 36 38 40 42 44 - which one would you like?",
+    "Hi, the shelf comes in widths 30 35 40 45 50 cm.",
+    "Holzwerk Meier GmbH, USt-IdNr. DE123456789, Steuernummer 143/123/45678",
+    "Hallo Bob, Ihre Bestellnummer 01712345678 ist unterwegs.",
+    "Hola Bob, tu pedido 0612345678 ya ha salido.",
+])
+def test_size_runs_tax_numbers_and_labelled_order_numbers_are_no_phone_numbers(text):
+    assert fragments(PHONE, plain(text)) == []
+
+
+def test_the_orders_own_id_is_no_phone_number():
+    ctx = FilterContext(direction=SELLER_TO_BUYER, relay_domain="relay.example", own_aliases=frozenset({ALIAS}),
+                        order_id="0612347067")
+    text = "Hi Bob, your order 0612347067 has shipped. Please quote 0612347067 if you contact us."
+    assert fragments(PHONE, plain(text), ctx) == []
+    assert fragments(PHONE, plain(text + " Or call 06 12 34 56 78."), ctx) == ["06 12 34 56 78"]
+
+
 def test_phone_tel_link():
     assert fragments(PHONE, html('<a href="tel:+33612345678">call</a>')) == ["tel:+33612345678"]
 

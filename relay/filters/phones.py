@@ -97,7 +97,10 @@ _REFERENCE_BEFORE = re.compile(
     r"(?:order|commande|cmd|invoice|facture|inv|ref|reference|tracking|suivi|colis|parcel|package|shipment|sku|"
     r"serial|serie|lot|batch|imei|siret|siren|tva|vat|ean|upc|isbn|gtin|asin|waybill|awb|item|article|ticket|"
     r"case|claim|dossier|account|compte|iban|rib|model|modele|part|piece|receipt|recu|transaction|"
-    r"confirmation|booking|reservation|code|id|pin|n°|no\.|nr\.?|#)"
+    r"confirmation|booking|reservation|code|id|pin|n°|no\.|nr\.?|#|"
+    # German and Spanish: order, invoice, consignment, customer numbers; tax numbers of an imprint
+    r"bestell\w*|auftrag\w*|rechnung\w*|sendung\w*|kunden\w*|steuer\w*|ust-idnr\.?|hrb|"
+    r"pedido|factura|envio|albaran|referencia|nif|cif)"
     r"(?:\s{0,2}(?:number|numero|no\.?|nr\.?|n°|#|id|code|de suivi|ref))?\s{0,3}[:#.]?\s{0,3}$",
     re.IGNORECASE,
 )
@@ -317,8 +320,26 @@ def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return out
 
 
+# A run of four or more small numbers: "36 38 40 42 44", "06 08 10 12 14".
+_NUMBER_RUN = re.compile(r"\d{1,3}(?:[ ,]{1,2}\d{1,3}){3,}")
+
+
+def _arithmetic_run(raw: str) -> bool:
+    """Sizes, ages or widths in steps ("EU sizes 36 38 40 42 44", "02 04 06 08
+    ans", "30 35 40 45 50 cm"): four or more numbers rising by one step.  A
+    French mobile number is written the same way (06 12 34 56 78), but its
+    pairs never rise evenly."""
+    if not _NUMBER_RUN.fullmatch(raw):
+        return False
+    numbers = [int(n) for n in re.findall(r"\d+", raw)]
+    step = numbers[1] - numbers[0]
+    return step > 0 and all(b - a == step for a, b in zip(numbers, numbers[1:]))
+
+
 def _plausible(text: str, start: int, end: int, regions: tuple[str, ...]) -> bool:
     raw = text[start:end]
+    if _arithmetic_run(raw):
+        return False
     line_start = text.rfind("\n", 0, start) + 1
     before = text[max(line_start, start - 40):start]
     international = raw.startswith("+") or raw.startswith("00")
@@ -412,8 +433,12 @@ class PhoneNumber:
     def check(self, view: MessageView, ctx: FilterContext) -> list[Finding]:
         regions = self.settings.phone_regions
         out = Findings("phone_number", SENTENCE)
+        # The order's own id is no phone number, whatever it looks like.
+        own_id = re.sub(r"\D", "", ctx.order_id or "")
         for location, text in text_sources(view):
             for start, end in find_phones(text, regions):
+                if len(own_id) >= 6 and re.sub(r"\D", "", text[start:end]) == own_id:
+                    continue
                 out.add(text[start:end], location)
         for location, scan in html_scans(view):
             for value, _url, scheme in scan.targets():
