@@ -595,6 +595,18 @@ class _Writer:
         inner_headers, inner_body = self.part(inner, depth + 1)
         return headers, [*inner_top, *inner_headers, b"\r\n", *inner_body]
 
+    def _shown_name(self, filename: str | None) -> str | None:
+        """A file's name as the relayed message carries it (_copy_structured):
+        the parties' addresses replaced."""
+        return clean_header_text(self.scrub_text(filename)) if filename else None
+
+    def _add_attachment(self, filename: str | None, ctype: str, data: bytes, text: str | None = None,
+                        size: int = -1) -> None:
+        """An attachment for the filters, under the name the reader sees: they judge a
+        name like text, after the parties' own addresses became their aliases."""
+        name = self._shown_name(filename)
+        self.attachments.append(Attachment(f"attachment {name or ctype}", name, ctype, data, text, size))
+
     def _nested_mailbox(self, display: str, address: str) -> tuple[str, str]:
         """A mailbox of a forwarded message's header: a party's address
         becomes its alias, named as the relay names that party (its mail
@@ -644,10 +656,10 @@ class _Writer:
             # rules let it through as plain text, so it is scrubbed and judged as text)
             return self._text_leaf(part, ctype, raw, cte, decoded, filename)
         if self.scrubber.found_in_bytes(decoded):
-            name = clean_header_text(self.scrub_text(filename or ctype))
+            name = self._shown_name(filename) or ctype
             raise RewriteError(f"550 5.7.1 [unscannable] The attachment {name[:60]} contains a personal "
                                "email address that cannot be removed from it; remove the address or the file.")
-        self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype, decoded))
+        self._add_attachment(filename, ctype, decoded)
         if decoded is not raw and self.scrubber.found_in_bytes(raw):
             # The address is in the encoded bytes but not in what they decode
             # to (junk inside base64): send a clean encoding of the content.
@@ -670,8 +682,7 @@ class _Writer:
         # which every needle holds, and `_refuse_literal_leak` reads the outgoing octets.
         if self.scrubber.found_in_blocks(tally.count(_strict_base64_blocks(raw))) or not tally.usable:
             return None
-        self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype, tally.head,
-                                           size=tally.size))
+        self._add_attachment(filename, ctype, tally.head, size=tally.size)
         return self.part_headers(part), self._as_received(part, raw)
 
     def _text_leaf(self, part: EmailMessage, ctype: str, raw: bytes, cte: str, decoded: bytes,
@@ -705,8 +716,7 @@ class _Writer:
         if is_body:
             self.parts.append(TextPart(f"{ctype} part {len(self.parts) + 1}", ctype, new_text))
         else:
-            self.attachments.append(Attachment(f"attachment {filename or ctype}", filename, ctype,
-                                               new_text.encode("utf-8"), new_text))
+            self._add_attachment(filename, ctype, new_text.encode("utf-8"), new_text)
         # Keep the original bytes only if nothing changed *and* the encoded
         # form hides nothing the decoder skips (junk lines inside base64),
         # and is 7-bit: 8-bit bytes are re-encoded, so the next hop never

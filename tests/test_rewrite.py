@@ -592,3 +592,20 @@ def test_a_long_content_type_with_a_non_ascii_filename_keeps_its_type(filename):
     part = list(message_from_bytes(out, policy=policy.default).iter_attachments())[0]
     assert part.get_content_type() == docx and part.get_filename() == filename
     assert b"=?" not in out.split(b"\r\n\r\n", 1)[1].split(b"Content-Disposition")[0]
+
+
+def test_the_filters_see_an_attachment_name_as_the_reader_does():
+    """Attachment names are judged like text (e0dc197), and content filters
+    judge text after the parties' own addresses became their aliases
+    (CONTRACT, Filters): a seller's invoice named with its own address is no
+    third address.  The view gets the name the relayed message carries."""
+    raw = (b"From: sam.real@shop.example\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BB\r\nContent-Type: text/plain\r\n\r\nsee\r\n"
+           b"--BB\r\nContent-Type: application/pdf\r\n"
+           b"Content-Disposition: attachment; filename=\"invoice from sam.real@shop.example.pdf\"\r\n"
+           b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(b"%PDF-1.4 x") + b"--BB--\r\n")
+    result = rewrite_message(parse_message(raw), PARTIES, THREAD)
+    [attachment] = result.attachments
+    assert attachment.filename == f"invoice from {SELLER_ALIAS}.pdf"
+    assert SELLER not in attachment.location
+    assert f"invoice from {SELLER_ALIAS}.pdf".encode() in result.data
