@@ -13,8 +13,6 @@ address nor the remote server's text (THREATS #37).
 from __future__ import annotations
 
 import asyncio
-import email
-import email.policy
 import os
 import re
 import secrets
@@ -29,6 +27,7 @@ from relay import tokens
 from relay.chunks import Chunks, buffers, joined
 from relay.config import Settings, parse_hostport
 from relay.logs import get_logger
+from relay.parsing import parse_message
 from relay.pipelining import PipelinedConnection, take_over
 from relay.tasks import cancel_and_wait
 from relay.store import CLAIM_LEASE, QueueEntry, StorageError, Store
@@ -80,7 +79,7 @@ def reports_failure(content: bytes) -> bool:
     6522) with a recipient whose Action is "failed"?  A vacation reply (RFC
     3834 sends it to the Return-Path), a report that a message is delayed,
     relayed or delivered, and anything else do not."""
-    message = email.message_from_bytes(content, policy=email.policy.compat32)
+    message = parse_message(content)
     if message.get_content_type() != "multipart/report":
         return False
     for part in message.walk():

@@ -30,7 +30,7 @@ from relay.filters.chain import Chain, ChainResult, rejection_reply
 from relay.logs import get_logger
 from relay.parsing import parse_message
 from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, clean_header_text,
-                           header_text, message_ids_in, new_message_id, rewrite_message)
+                           header_text, message_ids_in, new_message_id, rewrite_message, transfer_encoding)
 from relay.sender_auth import AuthResult, ClientInfo, SenderAuth
 from relay.smtpdata import crlf_only
 from relay.store import AuditRecord, Order, QueueEntry, Seller, StaleParties, StorageError, Store, utc_now_iso
@@ -634,8 +634,7 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
             raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
                                  "malformed")
     for part in message.walk():
-        if part.get_content_maintype() == "message" and \
-                str(part.get("Content-Transfer-Encoding", "")).strip().lower() in ("base64", "quoted-printable"):
+        if part.get_content_maintype() == "message" and transfer_encoding(part) in ("base64", "quoted-printable"):
             # RFC 2046 section 5.2.1: 7bit, 8bit or binary only.  The parser
             # reads such a body as a message of no headers and encoded text,
             # which neither the rewriter nor the filters could read.

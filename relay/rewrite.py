@@ -638,7 +638,7 @@ class _Writer:
     def _leaf(self, part: EmailMessage) -> tuple[list[bytes], list[bytes]]:
         ctype = part.get_content_type()
         raw = _raw_octets(part)
-        cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+        cte = transfer_encoding(part) or "7bit"
         filename = part.get_filename()
         textual = ctype.startswith("text/") or ctype in TEXTUAL_TYPES
         if not textual and cte == "base64" and isinstance(raw, Span):
@@ -709,7 +709,7 @@ class _Writer:
         new_text = self._redact(scrubbed)
         if ctype == "text/plain" or ctype == "text/html":
             new_text = _strip_pgp_blocks(new_text)
-        if ctype == "text/html" and "mid:" in new_text.lower():
+        if ctype == "text/html" and _MID_URI.search(new_text):
             new_text = _MID_URI.sub("mid:", new_text)
         is_body = ctype in ("text/plain", "text/html") and not filename and \
             part.get_content_disposition() != "attachment"
@@ -768,6 +768,19 @@ _UU_ENCODINGS = ("x-uuencode", "uuencode", "uue", "x-uue")
 FIND_IN_SOURCE = 64 * 1024
 
 
+def transfer_encoding(part: EmailMessage) -> str:
+    """The part's Content-Transfer-Encoding, lower case without the spaces
+    around it ("" if none), and the header made that clean name: the stdlib
+    decodes only the exact lower-case name ("base64 " went undecoded, and
+    unread), and the rewriter writes the clean name out (part_headers), so
+    everything that reads the body must read it as that name says."""
+    header = str(part.get("Content-Transfer-Encoding", ""))
+    cte = header.strip().lower()
+    if header != cte and cte:
+        part.replace_header("Content-Transfer-Encoding", cte)
+    return cte
+
+
 def decoded_payload(part: EmailMessage, raw: bytes) -> bytes | None:
     """`part.get_payload(decode=True)`, with fewer copies of a large part;
     `raw` is `_raw_payload(part)`.  For the parser's usual payload (ASCII
@@ -775,12 +788,7 @@ def decoded_payload(part: EmailMessage, raw: bytes) -> bytes | None:
     again), and base64 is decoded from `raw` with the line breaks deleted in
     one pass (the stdlib splits it into a list of lines and joins them).
     Anything else is the stdlib's answer."""
-    header = str(part.get("content-transfer-encoding", ""))
-    cte = header.strip().lower()
-    if header != cte and cte:
-        # "base64 " or "Base64": the stdlib decodes only the exact lower-case name, and the
-        # header is written out clean (part_headers), so the body must be decoded as it says.
-        part.replace_header("Content-Transfer-Encoding", cte)
+    cte = transfer_encoding(part)
     payload = part._payload
     if not isinstance(payload, str) or not payload.isascii():
         return part.get_payload(decode=True)

@@ -164,10 +164,14 @@ def text_fingerprint(view: MessageView) -> str:
     part of the message: the same words with another file (a corrected
     invoice) are another message."""
     words = _parts_fingerprint(view.parts)
-    if not view.attachments:
-        return words
+    return _with_attachments(words, view.attachments) if view.attachments else words
+
+
+# Like _parts_fingerprint: the `duplicate` rule and the audit record ask one after the other.
+@functools.lru_cache(maxsize=1)
+def _with_attachments(words: str, attachments: tuple[Attachment, ...]) -> str:
     digest = hashlib.sha256(words.encode())
-    for attachment in view.attachments:
+    for attachment in attachments:
         # (of a large file `data` is its first octets only: with its size, enough to tell versions apart)
         digest.update(b"\0%d\0%s\0" % (attachment.size, (attachment.filename or "").encode("utf-8", "replace")))
         digest.update(hashlib.sha256(attachment.data).digest())

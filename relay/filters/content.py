@@ -354,7 +354,7 @@ _STYLE_HIDDEN = re.compile(r"display\s{0,5}:\s{0,5}none|visibility\s{0,5}:\s{0,5
 # mail client honours): its text is in HtmlScan.text like any other, and left
 # out of HtmlScan.shown_text, where what is shown on either side of it meets.
 _STYLE_VEILED = re.compile(
-    r"display\s{0,5}:\s{0,5}none|visibility\s{0,5}:\s{0,5}hidden|mso-hide\s{0,5}:\s{0,5}all"
+    _STYLE_HIDDEN.pattern + r"|mso-hide\s{0,5}:\s{0,5}all"
     r"|(?:^|[;\s])(?:font-size|opacity)\s{0,5}:\s{0,5}0*\.?0+(?:px|pt|em|rem|%)?\s{0,5}(?:;|$|!)", re.IGNORECASE)
 # Elements that never have content, so never an end tag to end a veil.
 _VOID_TAGS = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param",
@@ -367,10 +367,6 @@ AS_DISPLAYED = " (as displayed)"
 # reader like text); the rewriter redacts text, not names, so it is not redacted.
 NAME_OF = "name of "
 
-
-def redactable(location: str) -> bool:
-    """Can a finding at `location` be redacted where it was written?"""
-    return not location.endswith(AS_DISPLAYED) and not location.startswith(NAME_OF)
 _REFRESH_URL = re.compile(r"url\s{0,5}=\s{0,5}['\"]?([^'\"\s;]{1,4096})", re.IGNORECASE)
 
 
@@ -802,6 +798,11 @@ def text_sources(view: MessageView) -> Iterator[tuple[str, str]]:
         yield location, scan.text
         if scan.shown_text is not None:
             yield location + AS_DISPLAYED, scan.shown_text
+
+
+def redactable(location: str) -> bool:
+    """Can a finding at `location` (of text_sources) be redacted where it was written?"""
+    return not location.endswith(AS_DISPLAYED) and not location.startswith(NAME_OF)
 
 
 def html_scans(view: MessageView) -> Iterator[tuple[str, HtmlScan]]:
