@@ -27,13 +27,15 @@ from relay.config import Settings
 from relay.filters.base import (BUYER_TO_SELLER, SELLER_TO_BUYER, FilterContext, Finding, MessageView,
                                 is_critical, text_fingerprint)
 from relay.filters.chain import Chain, ChainResult, rejection_reply
+from relay.filters.policy import commit_guard
 from relay.logs import get_logger
 from relay.parsing import parse_message
 from relay.rewrite import (LOOP_HEADER, Parties, RewriteError, RewriteResult, Threading, clean_header_text,
                            header_text, message_ids_in, new_message_id, rewrite_message, transfer_encoding)
 from relay.sender_auth import AuthResult, ClientInfo, SenderAuth
 from relay.smtpdata import crlf_only
-from relay.store import AuditRecord, Order, QueueEntry, Seller, StaleParties, StorageError, Store, utc_now_iso
+from relay.store import (AuditRecord, Order, OrderChanged, QueueEntry, Seller, StaleParties, StorageError, Store,
+                         utc_now_iso)
 
 
 # Replies that must not differ between "unknown", "expired" and "malformed"
@@ -49,7 +51,7 @@ OFF_LOOP_SIZE = 256 * 1024
 STORAGE_TROUBLE = "451 4.3.0 Temporary storage trouble, please try again later"
 STORAGE_FULL = "452 4.3.1 Insufficient system storage, please try again later"
 BOUNCE_PREFIX = "bounces-"
-STALE_ATTEMPTS = 3  # judgements of one message on parties that changed before its commit, before a 451
+STALE_ATTEMPTS = 3  # judgements of one message on facts that changed before its commit, before a 451
 ACCEPTED = "250 2.0.0 OK: message {audit_id} queued"
 AUTO_REPLY_LOOP = ("550 5.7.1 [auto_reply] Only one automatic reply per conversation is relayed each day "
                    "(RFC 3834); this one was not delivered.")
@@ -256,11 +258,16 @@ class Pipeline:
                                            dry_run: bool, client: ClientInfo | None) -> Outcome:
         """The exchange, judged again on a fresh read of the alias should its
         commit find that the sellers or orders changed after the lookup it
-        was judged on (relay.aliascache).  After STALE_ATTEMPTS such changes
-        in a row, a 451: the sender's server tries again later."""
+        was judged on (relay.aliascache), or judged again on the order's
+        fresh history should the seller's messages committed meanwhile have
+        changed a limit's answer (OrderChanged: relay.filters.policy
+        CommitGuard).  After STALE_ATTEMPTS such changes in a row, a 451: the
+        sender's server tries again later."""
         for _ in range(STALE_ATTEMPTS):
             try:
                 return await self._exchange(mail_from, recipient, content, dry_run, client)
+            except OrderChanged:
+                continue
             except StaleParties:
                 current = await self._read_again(recipient)
                 if current is None:
@@ -395,7 +402,8 @@ class Pipeline:
             record, relay_id, original_ids[0] if original_ids else None,
             mail_from=f"{BOUNCE_PREFIX}{token}@{self.settings.relay.domain}", rcpt_to=rcpt_to,
             bounce_token=token, notify=_normalized_or_none(mail_from), notify_alias=recipient.address,
-            claim_owner=self.claim_owner, parties_version=recipient.parties_version)
+            claim_owner=self.claim_owner, parties_version=recipient.parties_version,
+            guard=commit_guard(self.chain.settings, self.chain.names, ctx))
         self.on_queued(entry, result.data)
         return Outcome(ACCEPTED.format(audit_id=audit_id), "accepted", audit_id, list(verdict.findings),
                        critical, result.data)
@@ -476,13 +484,15 @@ class Pipeline:
         opted_out = history["buyer_opted_out"]
         window = self.settings.filters.critical_window_days
         since = (datetime.now(timezone.utc) - timedelta(days=window)).isoformat(timespec="milliseconds")
-        critical_sent = await self.store.critical_sent_since(seller.id, since.replace("+00:00", "Z")) \
+        since = since.replace("+00:00", "Z")
+        critical_sent = await self.store.critical_sent_since(seller.id, since) \
             if critical and opted_out else 0
         return FilterContext(
             direction=SELLER_TO_BUYER, order_id=order.id, seller_id=seller.id, relay_domain=domain,
             own_aliases=aliases, critical=critical, buyer_opted_out=opted_out,
             buyer_has_written=history["buyer_has_written"],
             unsolicited_sent=history["unsolicited_sent"], critical_sent_window=critical_sent,
+            critical_since=since,
             previous_fingerprints=history["previous_fingerprints"])
 
     # ---------------------------------------------- postmaster and bounces

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, TypeVar
 
 import aiosqlite
 
@@ -39,6 +39,9 @@ from relay.affinity import defer_to_the_event_loop
 from relay.checkpoint import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
 from relay.chunks import Chunks, buffers
 from relay.storelock import WriteTurn, turn_at
+
+if TYPE_CHECKING:
+    from relay.filters.policy import CommitGuard
 
 T = TypeVar("T")
 
@@ -229,6 +232,17 @@ class StaleParties(Exception):
 
     def __init__(self, version: int):
         super().__init__(f"the sellers or orders changed after version {version}")
+
+
+class OrderChanged(Exception):
+    """An accepted seller message's commit found that a limit it was judged
+    on no longer holds (relay.filters.policy CommitGuard): the seller's
+    other messages, committed meanwhile, filled the order's unsolicited
+    allowance or the seller's critical budget, or carried the same text.
+    Nothing was written; judge the message again on the order's history."""
+
+    def __init__(self) -> None:
+        super().__init__("the order's history changed while the message was judged")
 
 
 class AliasMatch(NamedTuple):
@@ -755,7 +769,8 @@ class Store:
                              mail_from: str, rcpt_to: str, bounce_token: str, notify: str | None,
                              notify_alias: str | None, kind: str = "relay",
                              claim_owner: str | None = None,
-                             parties_version: int | None = None) -> tuple[int, QueueEntry]:
+                             parties_version: int | None = None,
+                             guard: CommitGuard | None = None) -> tuple[int, QueueEntry]:
         """Commit audit row + Message-ID mapping + queue entry together.
 
         Returns (audit id, the queue entry) once durable; only then may the
@@ -763,11 +778,13 @@ class Store:
         already claimed by that deliverer, which sends it from memory: no
         other process's queue scan takes it while the claim lasts.  With
         `parties_version`, StaleParties (and nothing written) if the sellers
-        or orders changed after the alias lookup the message was judged on.
+        or orders changed after the alias lookup the message was judged on;
+        with `guard`, OrderChanged (and nothing written) if a limit it was
+        judged under no longer holds.
         """
 
         return await self.transact(_Acceptance(record, relay_id, original_id, mail_from, rcpt_to, bounce_token,
-                                               notify, notify_alias, kind, claim_owner, parties_version),
+                                               notify, notify_alias, kind, claim_owner, parties_version, guard),
                                   client_waits=True)
 
     async def enqueue_notice(self, mail_from: str, rcpt_to: str, message: bytes, kind: str = "bounce") -> int:
@@ -1032,11 +1049,11 @@ class _Acceptance:
     batch's items each in its own savepoint, after a refusal), it inserts
     its own rows."""
 
-    __slots__ = ("record", "large", "audit_values", "message_id", "queue", "parties_version")
+    __slots__ = ("record", "large", "audit_values", "message_id", "queue", "parties_version", "guard")
 
     def __init__(self, record: AuditRecord, relay_id: str, original_id: str | None, mail_from: str, rcpt_to: str,
                  bounce_token: str, notify: str | None, notify_alias: str | None, kind: str,
-                 claim_owner: str | None, parties_version: int | None):
+                 claim_owner: str | None, parties_version: int | None, guard: CommitGuard | None = None):
         self.record = record
         copies = _copies(record)
         self.large = _large(copies)  # (its audit row is written apart, its copies by blob writes)
@@ -1045,6 +1062,8 @@ class _Acceptance:
             if record.order_id is not None else None
         self.queue = (kind, mail_from, rcpt_to, bounce_token, notify, notify_alias, claim_owner)
         self.parties_version = parties_version
+        self.guard = (None, None, None, None) if guard is None else (
+            guard.unsolicited_limit, 1 if guard.duplicate else None, guard.critical_since, guard.critical_quota)
 
     def __call__(self, db: sqlite3.Connection) -> tuple[int, QueueEntry]:
         return _insert_acceptances(db, [self])[0]
@@ -1055,7 +1074,7 @@ class _Acceptance:
         relay_id, original_id = self.message_id[:2] if self.message_id is not None else (None, None)
         return (audit_id, *self.audit_values, 1 if self.large else None, relay_id, original_id,
                 queue_id, kind, mail_from, rcpt_to, bounce_token, notify, notify_alias,
-                now, claim_owner, now + CLAIM_LEASE if claim_owner else 0.0, self.parties_version, None)
+                now, claim_owner, now + CLAIM_LEASE if claim_owner else 0.0, self.parties_version, *self.guard, None)
 
     def entry(self, queue_id: int, audit_id: int, now: float) -> QueueEntry:
         kind, mail_from, rcpt_to, _, notify, notify_alias, _ = self.queue
@@ -1084,7 +1103,12 @@ def _insert_acceptances(db: sqlite3.Connection, items: list[_Acceptance]) -> lis
     for start in range(0, len(items), ROWS_PER_STATEMENT):
         values, outcomes = _batch_values(items[start:start + ROWS_PER_STATEMENT], audit_base + start,
                                          queue_base + start, now)
-        _insert_batch_rows(db, values)
+        try:
+            _insert_batch_rows(db, values)
+        except sqlite3.IntegrityError as exc:
+            if str(exc) == _ORDER_CHANGED:
+                raise OrderChanged() from None
+            raise
         results += [result for result, _ in outcomes]
     return results
 
@@ -1136,9 +1160,28 @@ _AUDIT_NAMES = [name.strip() for name in _AUDIT_COLUMNS.split(",")]
 _BATCH_COLUMNS = (["audit_id"] + _AUDIT_NAMES + ["audit_written", "relay_id", "original_id"]
                   + ["queue_id", "kind", "mail_from", "rcpt_to", "bounce_token", "notify", "notify_alias", "now",
                      "claimed_by", "claimed_until"]
-                  + ["parties_version", "delivered_id"])
+                  + ["parties_version", "guard_unsolicited", "guard_duplicate", "guard_critical_since",
+                     "guard_critical_quota", "delivered_id"])
 _BATCH_ROW = "(" + ", ".join(["?"] * len(_BATCH_COLUMNS)) + ")"
 _NOW, _DELIVERED_ID = _BATCH_COLUMNS.index("now"), _BATCH_COLUMNS.index("delivered_id")
+# An accepted seller message's guard (relay.filters.policy CommitGuard), asked
+# of the rows before its own: those committed earlier, and those earlier in
+# its batch (the trigger runs row by row, and a large message's audit row is
+# written before the batch's rows: _insert_acceptances).  Each question is
+# ORDER_FACTS' or critical_sent_since's, on the same indexes.
+_ORDER_CHANGED = "the order changed"
+_GUARD_FAILS = (
+    "(NEW.guard_unsolicited IS NOT NULL AND NEW.guard_unsolicited <= (SELECT COUNT(*) FROM audit "
+    " WHERE order_id = NEW.order_id AND direction = 'seller_to_buyer' AND verdict = 'accepted' AND unsolicited = 1 "
+    " AND id < NEW.audit_id)) "
+    "OR (NEW.guard_duplicate IS NOT NULL AND EXISTS(SELECT 1 FROM audit WHERE order_id = NEW.order_id "
+    " AND direction = 'seller_to_buyer' AND verdict = 'accepted' AND fingerprint = NEW.fingerprint "
+    " AND id < NEW.audit_id "
+    " AND NOT EXISTS(SELECT 1 FROM queue q WHERE q.audit_id = audit.id AND q.state = 'failed'))) "
+    "OR (NEW.guard_critical_since IS NOT NULL AND NEW.guard_critical_quota <= (SELECT COUNT(*) FROM audit a "
+    " JOIN orders o ON o.id = a.order_id WHERE a.critical = 1 AND a.to_opted_out = 1 AND a.verdict = 'accepted' "
+    " AND a.direction = 'seller_to_buyer' AND a.received_at >= NEW.guard_critical_since AND a.id < NEW.audit_id "
+    " AND o.seller_id = (SELECT seller_id FROM orders WHERE id = NEW.order_id)))")
 _CURRENT_PARTIES = "coalesce((SELECT version FROM parties_version), 0)"  # (as _parties_version reads it)
 _BATCH_SCHEMA = (
     f"CREATE TEMP VIEW batch_row ({', '.join(_BATCH_COLUMNS)}) AS "
@@ -1146,6 +1189,7 @@ _BATCH_SCHEMA = (
     "CREATE TEMP TRIGGER batch_row_accepted INSTEAD OF INSERT ON batch_row WHEN NEW.audit_id IS NOT NULL BEGIN "
     "SELECT RAISE(ABORT, 'the parties changed') "
     f"WHERE NEW.parties_version IS NOT NULL AND NEW.parties_version IS NOT {_CURRENT_PARTIES}; "
+    f"SELECT RAISE(ABORT, '{_ORDER_CHANGED}') WHERE {_GUARD_FAILS}; "
     f"INSERT INTO audit (id, {_AUDIT_COLUMNS}) "
     f"SELECT NEW.audit_id, {', '.join('NEW.' + name for name in _AUDIT_NAMES)} WHERE NEW.audit_written IS NULL; "
     "INSERT INTO message_ids (relay_id, original_id, order_id, direction, audit_id) "
@@ -1261,7 +1305,7 @@ def _drain(pending: collections.deque) -> list:
 # What one transaction's work may raise without failing the rest of its batch:
 # a refusal of that item (a constraint, an order opened for another party, an
 # unknown id), not a failure of the store.
-ITEM_FAILURES = (sqlite3.IntegrityError, ValueError, NotFound, StaleParties)
+ITEM_FAILURES = (sqlite3.IntegrityError, ValueError, NotFound, StaleParties, OrderChanged)
 
 
 def _parties_version(db: sqlite3.Connection) -> int:

@@ -6,13 +6,15 @@ when another program writes the store in the middle of a batch."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 
 import pytest
 
 from relay import store as store_module
 from relay.aliases import mint_alias
-from relay.store import AuditRecord, StaleParties, Store
+from relay.filters.policy import CommitGuard
+from relay.store import AuditRecord, OrderChanged, StaleParties, Store
 
 ALIAS_DOMAIN = "relay.example"
 
@@ -163,6 +165,70 @@ async def test_a_large_message_in_a_batch_keeps_its_copies_whole(tmp_path):
     assert audit[1][14] == b"in 2 " + b"x" * big and audit[1][15] == b"out 2 " + b"y" * big
     assert [row[4] for row in ids] == [results[0][0], results[1][0]]  # the message without an order has no mapping
     assert [row[1] for row in queue] == [row[0] for row in audit]
+
+
+def _seller_record(n: int, size: int = 2048, **fields) -> AuditRecord:
+    return dataclasses.replace(_record(n, size=size), **{"direction": "seller_to_buyer", "unsolicited": True,
+                                                          **fields})
+
+
+@pytest.mark.parametrize("large", [False, True])
+async def test_a_batch_commits_no_more_unsolicited_messages_than_their_guard_allows(tmp_path, large):
+    """Three seller messages judged side by side with one accepted already,
+    under a limit of two: the first in the batch fits, the others fail alone
+    (OrderChanged), and so does a large message (its audit row is written
+    before the batch's rows)."""
+    path = str(tmp_path / "relay.sqlite3")
+    guard = CommitGuard(unsolicited_limit=2)
+    size = store_module.LARGE_BLOB + 10 if large else 2048
+    store = await Store.open(path)
+    try:
+        await _shop(store)
+        await _accept(store, 1, record=_seller_record(1), guard=guard)
+        results = await asyncio.gather(*(_accept(store, n, record=_seller_record(n, size=size), guard=guard)
+                                         for n in (2, 3, 4)), return_exceptions=True)
+    finally:
+        await store.close()
+    assert not isinstance(results[0], BaseException)
+    assert [type(r) for r in results[1:]] == [OrderChanged, OrderChanged]
+    audit, ids, queue = _rows(path)
+    assert [row[4] for row in audit] == ["bob1@buyer.test", "bob2@buyer.test"]
+    assert len(ids) == len(queue) == 2
+
+
+async def test_a_guard_lets_through_what_its_rules_allow(tmp_path):
+    """Messages the buyer asked for (unsolicited = 0) do not count against the
+    limit; a text may be sent again once the first copy failed for good; the
+    critical budget counts only the seller's critical messages to opted-out
+    buyers since the window's start."""
+    path = str(tmp_path / "relay.sqlite3")
+    store = await Store.open(path)
+    try:
+        await _shop(store)
+        await _accept(store, 1, record=_seller_record(1, unsolicited=False))
+        await _accept(store, 2, record=_seller_record(2, critical=True, to_opted_out=True,
+                                                      received_at="2026-10-01T00:00:00.000Z"))
+        await _accept(store, 3, record=_seller_record(3, fingerprint="same"))
+        db = sqlite3.connect(path)
+        db.execute("UPDATE queue SET state = 'failed' WHERE audit_id = 3")
+        db.commit()
+        db.close()
+        guard = CommitGuard(unsolicited_limit=3, duplicate=True, critical_since="2026-11-01T00:00:00.000Z",
+                            critical_quota=1)
+        await _accept(store, 4, record=_seller_record(4, fingerprint="same", critical=True, to_opted_out=True),
+                      guard=guard)
+        with pytest.raises(OrderChanged):  # the same text as 4, delivered (queued)
+            await _accept(store, 5, record=_seller_record(5, fingerprint="same"), guard=CommitGuard(duplicate=True))
+        with pytest.raises(OrderChanged):  # 4 used the budget of one
+            await _accept(store, 6, record=_seller_record(6), guard=CommitGuard(
+                critical_since="2026-11-01T00:00:00.000Z", critical_quota=1))
+        with pytest.raises(OrderChanged):  # 2, 3 and 4 were unsolicited
+            await _accept(store, 7, record=_seller_record(7), guard=CommitGuard(unsolicited_limit=3))
+        await _accept(store, 8, record=_seller_record(8), guard=CommitGuard(unsolicited_limit=4))
+    finally:
+        await store.close()
+    audit, _, _ = _rows(path)
+    assert [row[4] for row in audit] == [f"bob{n}@buyer.test" for n in (1, 2, 3, 4, 8)]
 
 
 @pytest.mark.parametrize("deleted", ["audit", "queue"])

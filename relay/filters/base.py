@@ -138,6 +138,7 @@ class FilterContext:
     buyer_has_written: bool = False
     unsolicited_sent: int = 0  # accepted seller messages in this order before the buyer wrote
     critical_sent_window: int = 0  # accepted critical messages of this seller to opted-out buyers in the window
+    critical_since: str = ""  # the window's start (ISO 8601, UTC), as the store compares received_at
     previous_fingerprints: frozenset[str] = field(default_factory=frozenset)  # accepted texts in this order
 
 

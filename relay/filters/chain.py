@@ -41,6 +41,7 @@ class Chain:
     def __init__(self, settings: FilterSettings):
         self.settings = settings
         self.filters = [FILTERS[name](settings) for name in settings.order if name in FILTERS]
+        self.names = frozenset(flt.name for flt in self.filters)
 
     def run(self, view: MessageView, ctx: FilterContext) -> ChainResult:
         findings: list[Finding] = []

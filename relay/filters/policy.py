@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from relay.filters.base import FROM_SELLER, FilterContext, Finding, MessageView, text_fingerprint
+from relay.filters.base import FROM_SELLER, SELLER_TO_BUYER, FilterContext, Finding, MessageView, text_fingerprint
 from relay.filters.settings import FilterSettings
 
 
@@ -77,3 +77,40 @@ class Duplicate:
         if text_fingerprint(view) not in ctx.previous_fingerprints:
             return []
         return [Finding("duplicate", "", "body", "The same message was already sent in this order.")]
+
+
+@dataclass(frozen=True)
+class CommitGuard:
+    """What an accepted seller message was judged on that the seller's other
+    messages can change before it is committed: each rule's answer was read
+    from the store before the chain ran, so messages judged side by side
+    (a shop's mailer opens many sessions at once) each saw room under the
+    limit, and all were accepted (7 to 10 of 12 unsolicited messages to one
+    order, in a black-box probe).  The transaction that commits the message
+    asks again (relay.store, the batch_row trigger), and a message whose
+    answer changed is judged again (relay.pipeline).  Set only for the rules
+    in the chain whose finding refuses the message."""
+
+    unsolicited_limit: int | None = None  # this unsolicited message needs fewer accepted ones before it
+    duplicate: bool = False  # no accepted message of this order may have its fingerprint
+    critical_since: str | None = None  # this critical message to an opted-out buyer needs the seller's
+    critical_quota: int | None = None  # ...critical messages to opted-out buyers since then below the quota
+
+
+def commit_guard(settings: FilterSettings, in_chain: frozenset[str], ctx: FilterContext) -> CommitGuard | None:
+    """The guard of a seller message accepted on `ctx`; None when nothing it
+    was judged on can be changed by another message (a buyer's message)."""
+    if ctx.direction != SELLER_TO_BUYER:
+        return None
+
+    def refusing(name: str) -> bool:
+        return name in in_chain and settings.action_for(name) in ("reject", "redact")
+
+    unsolicited = not ctx.buyer_has_written
+    critical = ctx.critical and ctx.buyer_opted_out and unsolicited and refusing("critical_quota")
+    guard = CommitGuard(
+        unsolicited_limit=settings.unsolicited_limit if unsolicited and refusing("too_many_messages") else None,
+        duplicate=refusing("duplicate"),
+        critical_since=ctx.critical_since if critical else None,
+        critical_quota=settings.critical_quota if critical else None)
+    return guard if guard != CommitGuard() else None
