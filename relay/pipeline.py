@@ -433,7 +433,9 @@ class Pipeline:
         if recipient.role == "buyer":  # seller writes to the buyer
             return Parties(recipient.seller_addresses(), seller_alias, seller.name, (order.buyer_address,), buyer_alias,
                            self.settings.relay.hostname)
-        return Parties((order.buyer_address,), buyer_alias, order.buyer_name or "Buyer", seller.emails,
+        # CONTRACT: "<buyer name or Buyer>"; a name of blanks is no name.
+        buyer_name = clean_header_text(order.buyer_name or "").strip() or "Buyer"
+        return Parties((order.buyer_address,), buyer_alias, buyer_name, seller.emails,
                        seller_alias, self.settings.relay.hostname)
 
     async def _threading(self, order: Order, direction: str, message: EmailMessage,

@@ -1057,7 +1057,7 @@ def rewrite_message(message: EmailMessage, parties: Parties, threading: Threadin
     subject = writer.scrub_text(header_text(message, "Subject"))
     subject = clean_header_text(subject)[:900]
     top: list[bytes] = [
-        _header_line("From", quoted_mailbox(parties.sender_display, parties.sender_alias)),
+        _mailbox_line("From", quoted_mailbox(parties.sender_display, parties.sender_alias)),
         _header_line("To", parties.recipient_addresses[0]),
     ]
     if subject:
@@ -1162,9 +1162,32 @@ def _lowered_holds(data: bytes, needles: list[bytes], begin: int, stop: int) -> 
 
 
 def quoted_mailbox(display: str, address: str) -> str:
-    """`"Display Name" <address>` as the contract shows it (always quoted)."""
-    name = clean_header_text(display).replace("\\", "").replace('"', "'")
-    return f'"{name}" <{address}>' if name else address
+    """`"Display Name" <address>` as the contract shows it (always quoted),
+    the name exactly: its quotes and backslashes as quoted-pairs (RFC 5322
+    section 3.2.4), where they were once turned into apostrophes and
+    dropped."""
+    name = clean_header_text(display).strip()
+    quoted = name.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}" <{address}>' if name else address
+
+
+def _mailbox_line(name: str, mailbox: str) -> bytes:
+    """A header of one quoted_mailbox.  The stdlib's folder (CPython 3.11.7)
+    writes a long quoted name as a bare phrase, so its quotes and
+    backslashes are lost; printable ASCII is folded here instead, at the
+    spaces, inside the quoted string where need be (RFC 5322 section 3.2.4
+    allows folding white space there).  A name with other characters goes
+    out as encoded words, which keep them."""
+    if not (mailbox.isascii() and "=?" not in mailbox and _PLAIN_HEADER_VALUE.fullmatch(mailbox)):
+        return _header_line(name, mailbox)
+    lines, line = [], f"{name}:"
+    for word in mailbox.split(" "):
+        if len(line) + 1 + len(word) > 78 and line.strip() and not line.endswith(":"):
+            lines.append(line)
+            line = ""
+        line += " " + word
+    lines.append(line)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 def _utc_date(message: EmailMessage) -> str:

@@ -91,6 +91,19 @@ async def test_buyer_reply_reaches_seller_first_address_and_threads(scenario):
     assert refs == [relayed_id, "<buyer-1@buyer.test>"]  # the seller's own id became the id the buyer knows
 
 
+@pytest.mark.parametrize("buyer_name", ["", "   ", None])
+async def test_a_buyer_without_a_name_writes_as_buyer(relay, buyer_name):
+    """CONTRACT: `From: "<buyer name or Buyer>" <buyer alias>`; a name of
+    blanks is no name (a probe got a bare alias for --buyer-name "  ")."""
+    relay.add_seller("s1", "Sam's Shop", ["sam@shop.example"])
+    aliases = relay.open_order("o1", "s1", "bob@buyer.test", buyer_name)
+    send(relay, "bob@buyer.test", aliases["seller_alias"],
+         f"From: bob@buyer.test\r\nTo: {aliases['seller_alias']}\r\nSubject: Hi\r\n\r\nWhere is it?\r\n")
+    (delivered,) = await relay.sink.wait_for_count(1)
+    (mailbox,) = parse(delivered.data)["From"].addresses
+    assert (mailbox.display_name, mailbox.addr_spec) == ("Buyer", aliases["buyer_alias"])
+
+
 async def test_unknown_message_ids_are_dropped_not_forwarded(scenario):
     relay = scenario.relay
     data = SELLER_MESSAGE.format(alias=scenario.buyer_alias).replace(

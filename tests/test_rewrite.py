@@ -51,6 +51,22 @@ def assert_clean(out: bytes) -> None:
     assert b"\r" not in out.replace(b"\r\n", b"") and b"\n" not in out.replace(b"\r\n", b"")
 
 
+@pytest.mark.parametrize("name", ['Atelier "La Rose"', 'The "Best" Shop \\ Co', 'Café "Zoë" & Co', "Müller, Sohn",
+                                  "A (note) B", "Sam's Shop", 'Trailing \\', 'x" <evil@x.example>, "y',
+                                  "A very long shop name " * 5 + '"quoted"'])
+def test_the_from_display_name_is_the_senders_name_exactly(name):
+    """CONTRACT: `From: "<seller name>" <seller alias>`.  Quotes and
+    backslashes in a name are quoted-pairs (RFC 5322 section 3.2.4): a
+    black-box probe got `"Atelier 'La Rose'"` for Atelier "La Rose"."""
+    parties = Parties((SELLER,), SELLER_ALIAS, name, (BUYER,), BUYER_ALIAS, "mx.relay.example")
+    msg = message_from_bytes(b"From: sam.real@shop.example\r\nTo: x@relay.example\r\nSubject: s\r\n\r\nhi\r\n",
+                             policy=policy.default)
+    out = rewrite_message(msg, parties, THREAD, ()).data
+    (mailbox,) = message_from_bytes(out, policy=policy.default)["From"].addresses
+    assert (mailbox.display_name, mailbox.addr_spec) == (name, SELLER_ALIAS)
+    assert_clean(out)
+
+
 def test_headers_are_regenerated_from_an_allowlist():
     out = rewrite(
         "From: =?utf-8?q?sam.real=40shop.example?= <sam.real@shop.example>\r\n"
