@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email import policy
 from email.header import Header
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage, _formatparam  # the stdlib's own parameter quoting
 from email._encoded_words import decode_b as _decode_b
 from email.utils import collapse_rfc2231_value, encode_rfc2231, formataddr, getaddresses
@@ -56,6 +57,13 @@ KEPT_PART_HEADERS = ("Content-Type", "Content-Transfer-Encoding", "Content-Dispo
 # Headers kept inside a forwarded message/rfc822 (its own headers are content).
 KEPT_NESTED_HEADERS = ("From", "To", "Cc", "Date", "Subject")
 NESTED_ADDRESS_HEADERS = ("From", "To", "Cc")
+# The longest address header the stdlib's parser is given.  Its cost grows
+# with the square of the length (gh-136063: 0.4 s for 8 KB of `a.`, each
+# parse), and the relay's cap of one field (limits.header_field, 8 KB) is
+# there for every header.  A From of one mailbox needs no more than a line;
+# a forwarded message's longer To or Cc (a list's many recipients) is
+# scrubbed as text instead (_Writer.nested_headers).
+ADDRESS_HEADER_LIMIT = 1000
 
 LOOP_HEADER = "X-Relay-Loop"
 MAX_PARAMETER_NAME = 40  # a MIME parameter with a longer name is junk, and is dropped
@@ -397,6 +405,8 @@ def _header_line(name: str, value: str) -> bytes:
         folded = _fold_parameters(name, value if _PLAIN_HEADER_VALUE.fullmatch(value) else _rfc2231(name, value))
         if folded is not None:
             return folded
+    if name in NESTED_ADDRESS_HEADERS and len(value) > ADDRESS_HEADER_LIMIT:
+        return _unstructured_line(name, value)  # (the stdlib's folder would parse it as addresses)
     if name in _TEXT_HEADERS and not (value.isascii() and "=?" not in value):
         # text with encoded words: it set a space between two of them, which readers drop
         # (RFC 2047 section 6.2); every character, spaces included, goes inside the words
@@ -413,9 +423,13 @@ def _header_line(name: str, value: str) -> bytes:
         # address-header-not-an-address-list: an address header whose text is
         # no address list): folded as unstructured text, encoded words when
         # needed, "=?" included, so nothing is decoded twice.
-        plain = value.isascii() and "=?" not in value
-        encoded = Header(value, "us-ascii" if plain else "utf-8", header_name=name).encode(linesep="\r\n")
-        return f"{name}: {encoded}\r\n".encode("ascii")
+        return _unstructured_line(name, value)
+
+
+def _unstructured_line(name: str, value: str) -> bytes:
+    plain = value.isascii() and "=?" not in value
+    encoded = Header(value, "us-ascii" if plain else "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {encoded}\r\n".encode("ascii")
 
 
 _PARAMETER_HEADERS = frozenset({"Content-Type", "Content-Disposition"})
@@ -622,7 +636,7 @@ class _Writer:
         for name in KEPT_NESTED_HEADERS:
             if name not in inner:  # (a test of the names: get() would parse, and the parser may raise)
                 continue
-            if name in NESTED_ADDRESS_HEADERS:
+            if name in NESTED_ADDRESS_HEADERS and parsable_address_header(inner, name):
                 try:
                     pairs = getaddresses([str(v) for v in inner.get_all(name, [])])
                     rendered = ", ".join(formataddr(self._nested_mailbox(n, a)) for n, a in pairs if a)
@@ -1224,10 +1238,23 @@ def header_text(message: EmailMessage, name: str) -> str:
         return ""
     if not raw.isascii():
         return _eight_bit_header_text(name, raw)
+    if len(raw) > ADDRESS_HEADER_LIMIT and name in NESTED_ADDRESS_HEADERS:
+        return str(_AS_TEXT(name, "".join(raw.splitlines())))  # (parsable_address_header)
     try:
         return str(message.get(name))
     except Exception:
         return ""
+
+
+# Header values read as unstructured text: encoded words decoded, nothing parsed as addresses.
+_AS_TEXT = HeaderRegistry(use_default_map=False)
+
+
+def parsable_address_header(message: EmailMessage, name: str) -> bool:
+    """Whether the `name` fields of `message` are short enough for the
+    stdlib's address parser (ADDRESS_HEADER_LIMIT); if not, they are read
+    (header_text) and written (_header_line) as text."""
+    return all(len(value) <= ADDRESS_HEADER_LIMIT for key, value in message.raw_items() if key.lower() == name.lower())
 
 
 def _raw_header(message: EmailMessage, name: str) -> str | None:

@@ -65,6 +65,7 @@ from relay.metrics import Metrics, start_http
 from relay.parsing import PARSE_POLICY
 from relay.passwords import verify_password
 from relay.pipeline import Outcome, Pipeline, Recipient
+from relay.rewrite import parsable_address_header
 from relay.sender_auth import ClientInfo
 from relay.sharing import BACKLOG, ListenError, Shared, bind
 from relay.smtpdata import DataState, read_data
@@ -951,7 +952,10 @@ def _header_from_address(content: bytes, limit: int) -> str | None:
             end = pos
     head = content[:end] if end != -1 else content[:limit]
     try:
-        header = BytesHeaderParser(policy=PARSE_POLICY).parsebytes(head + b"\r\n\r\n").get("From")
+        headers = BytesHeaderParser(policy=PARSE_POLICY).parsebytes(head + b"\r\n\r\n")
+        if not parsable_address_header(headers, "From"):  # (THREATS #49; the pipeline refuses it)
+            return None
+        header = headers.get("From")
         if header is None or header.defects or len(header.addresses) != 1:
             return None
         return header.addresses[0].addr_spec or None
