@@ -656,8 +656,9 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
                 continue
             try:
                 text = "".join(str(v) for v in part.get_all(name, []))
-            except Exception as exc:
-                raise MessageRefused(f"554 5.6.0 The {name[:40]} header cannot be parsed ({type(exc).__name__}).",
+            except Exception:
+                raise MessageRefused(f"554 5.6.0 The {name[:40]} header cannot be parsed; send the message again "
+                                     "from your mail client.",
                                      "malformed") from None
             if "\r" in text or "\n" in text:
                 # CVE-2024-6923: an encoded line break must never become a header.
@@ -675,9 +676,9 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
             raise MessageRefused("554 5.6.0 A forwarded message (message/*) is encoded as a whole, which RFC 2046 "
                                  "does not allow; forward it again from your mail client.", "malformed")
         for defect in part.defects:
-            if isinstance(defect, _STRUCTURAL_DEFECTS):
-                raise MessageRefused("554 5.6.0 The message's MIME structure is broken "
-                                     f"({type(defect).__name__}); send it again from your mail client.",
+            if type(defect) in _STRUCTURAL_DEFECTS:
+                raise MessageRefused("554 5.6.0 The message's MIME structure is broken: "
+                                     f"{_STRUCTURAL_DEFECTS[type(defect)]}; send it again from your mail client.",
                                      "malformed")
 
 
@@ -692,9 +693,16 @@ _READ_HEADERS = frozenset(h.lower() for h in (
     "Content-Language"))
 
 # RFC 2046 framing errors: a client and the relay could split such a message
-# differently (THREATS #51), so it is refused rather than repaired.
-_STRUCTURAL_DEFECTS = (CloseBoundaryNotFoundDefect, StartBoundaryNotFoundDefect, MultipartInvariantViolationDefect,
-                       InvalidMultipartContentTransferEncodingDefect)
+# differently (THREATS #51), so it is refused rather than repaired.  Each is
+# named in the reply as the writer can understand it, never by the stdlib's
+# class name (THREATS #20).
+_STRUCTURAL_DEFECTS = {
+    CloseBoundaryNotFoundDefect: "a multipart part never reaches its closing boundary",
+    StartBoundaryNotFoundDefect: "a multipart part's boundary never appears",
+    MultipartInvariantViolationDefect: "a part declared multipart has no boundary or no parts",
+    InvalidMultipartContentTransferEncodingDefect: "a multipart part has a transfer encoding other than 7bit, "
+                                                   "8bit or binary",
+}
 
 
 def _depth(part: EmailMessage, level: int, limit: int) -> int:

@@ -219,6 +219,25 @@ async def test_a_forwarded_messages_long_address_header_goes_as_text(relay, orde
     assert BUYER.encode() not in delivered.data and order["buyer_alias"].encode() in delivered.data
 
 
+@pytest.mark.parametrize("headers, said", [
+    ("Message-ID: <\r\n", b"Message-ID header"),
+    ("Message-ID: <@>\r\n", b"Message-ID header"),
+    ("MIME-Version: 1.0\r\nContent-Type: multipart/mixed\r\n", b"boundary"),
+])
+async def test_a_refusal_names_no_internal_exception(relay, order, headers, said):
+    """THREATS #20: no internals in a reply.  A header the parser cannot read
+    was refused "(IndexError)", a multipart without its boundary
+    "(MultipartInvariantViolationDefect)": the stdlib's names, no help to
+    the writer (a black-box probe)."""
+    data = f"From: {BUYER}\r\nTo: {order['seller_alias']}\r\nSubject: x\r\n{headers}\r\nhi\r\n"
+    with smtplib.SMTP(*relay.mx, timeout=20) as client:
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            client.sendmail(BUYER, [order["seller_alias"]], data)
+    reply = info.value.smtp_error
+    assert info.value.smtp_code == 554 and said in reply, reply
+    assert b"Error" not in reply and b"Defect" not in reply and b"(" not in reply, reply
+
+
 async def test_duplicate_from_headers_are_refused(relay, order):
     alias = order["buyer_alias"]
     data = f"From: {SELLER}\r\nFrom: other@shop.example\r\nTo: {alias}\r\nSubject: x\r\n\r\nbody\r\n"
