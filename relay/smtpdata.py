@@ -13,8 +13,9 @@ generated streams):
   ".\\r\\n" as the very first line);
 - a leading dot is removed from every line (RFC 5321 section 4.5.2), and
   from every piece of a line after a bare LF (see below);
-- a line over 999 octets before its CRLF (998 + the transparent dot) makes
-  the block TOO_LONG, more than `size_limit` octets TOO_MUCH, whichever
+- a line over 998 octets before its CRLF, its transparent dot not counted
+  (RFC 5321 section 4.5.3.1.6), makes the block TOO_LONG (aiosmtpd's limit
+  of 1,001 octets with the CRLF let 999 octets without a dot through), more than `size_limit` octets TOO_MUCH, whichever
   comes first; either way the rest is read to the end and dropped, so the
   session stays in step, and nothing is buffered past the limit.
 
@@ -123,7 +124,8 @@ def _first_octets(chunks: list[bytes], n: int) -> bytes:
 
 def _judge(buf: bytearray, line_start: int, stop: int, longest: int, over: int | None) -> tuple[DataState, int]:
     """Judge the lines of buf from line_start to stop: TOO_LONG at the first
-    line longer than `longest` octets before its LF or CRLF (a line still
+    line longer than `longest` octets before its LF or CRLF, or one less
+    without a leading dot (a line still
     open counts once it is), TOO_MUCH if buf index `over` (the first octet
     past the size limit) comes first.  Returns the state and the first line
     not yet judged."""
@@ -133,7 +135,8 @@ def _judge(buf: bytearray, line_start: int, stop: int, longest: int, over: int |
         line_end = stop if nxt < 0 else nxt
         if line_end > pos and buf[line_end - 1] == 0x0D:
             line_end -= 1  # its CRLF's CR (or an open line's final CR, which may be half of one)
-        if line_end - pos > longest and (over is None or pos < over):
+        stuffed = line_end > pos and buf[pos] == 0x2E  # its leading "." is the transparent dot
+        if line_end - pos > longest - (not stuffed) and (over is None or pos < over):
             return DataState.TOO_LONG, pos
         if over is not None and (nxt < 0 or over < nxt + 1):
             return DataState.TOO_MUCH, pos

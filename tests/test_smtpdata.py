@@ -3,9 +3,13 @@ line-at-a-time loop decides: where the data ends, the unstuffed content,
 TOO_LONG and TOO_MUCH, and which bytes are left for the next command.  The
 reference below is aiosmtpd 1.4.6's smtp_DATA loop on the same kind of
 StreamReader, driven with the same bytes split at random points, with the
-relay's one deliberate difference: for the line length and the leading dot
+relay's two deliberate differences: for the line length and the leading dot
 a bare LF ends a line too (so the reference reads CRLF lines of any length,
-and measures and unstuffs their LF-separated pieces)."""
+and measures and unstuffs their LF-separated pieces); and a line's length is
+counted without its transparent dot (RFC 5321 section 4.5.3.1.6: 1,000
+octets with the CRLF, "not counting the leading dot duplicated for
+transparency"), where aiosmtpd's limit of 1,001 octets let a line of 999
+octets and no dot through."""
 
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ async def _reference(reader: asyncio.StreamReader, size_limit: int | None):
         if line.endswith(b"\r\n"):
             if state is DataState.NOMINAL:
                 joined = b"".join(fragments)
-                if max(map(len, joined[:-2].split(b"\n"))) > LIMIT - 2:
+                if max(len(piece) - piece.startswith(b".") for piece in joined[:-2].split(b"\n")) > LIMIT - 3:
                     state = DataState.TOO_LONG
                     data *= 0
                 else:
@@ -101,6 +105,17 @@ def test_chunked_reader_decides_like_aiosmtpd(stream, cuts, size_limit):
     else:  # both refused; for a block too large *and* with a long line, either 5xx may come first
         assert our_content is None and their_content is None
     assert our_rest == their_rest, stream[:200]
+
+
+@pytest.mark.parametrize("line, state", [
+    (b"x" * 998, DataState.NOMINAL), (b"." + b"x" * 998, DataState.NOMINAL),
+    (b"x" * 999, DataState.TOO_LONG), (b".." + b"x" * 998, DataState.TOO_LONG),
+])
+def test_a_line_holds_998_octets_before_its_crlf_besides_a_transparent_dot(line, state):
+    """THREATS #7: a probe's 999 octets and CRLF (1,001) got 250."""
+    stream = b"Subject: a\r\n\r\n" + line + b"\r\n.\r\n"
+    (got, _), _ = asyncio.run(_run(lambda r, lim: read_data(r, lim, LIMIT), stream, [], None))
+    assert got is state
 
 
 def test_ten_mebibytes_in_chunks():
