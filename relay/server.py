@@ -284,6 +284,29 @@ def _bind_mechanism(impl: Any, owner: "RelaySMTP") -> Any:
     return impl._replace(method=impl.method.__func__.__get__(owner)) if impl.is_builtin else impl
 
 
+# C0 controls but the tab, and DEL: no command argument holds one (RFC 5321
+# section 4.1.2); a bare CR is the one that matters (THREATS #4).
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+CONTROL_IN_COMMAND = "501 5.5.2 Syntax error: the command holds a control character (a bare CR, a NUL)"
+
+
+def _refusing_control_characters(command: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
+    """aiosmtpd's `command`, which answers 501 for an argument with a
+    control character in it.  aiosmtpd ends a command line at its LF and
+    strips the CRs before it; one elsewhere stayed in the argument, and the
+    address or host name was taken with the CR dropped: a probe's
+    `MAIL FROM:<a@b.example\\r>` got 250 and its message was relayed."""
+
+    @functools.wraps(command)  # (with aiosmtpd's __smtp_syntax__ for HELP)
+    async def refusing(self: "RelaySMTP", arg: str) -> None:
+        if arg and _CONTROL_CHARACTER.search(arg):
+            await self.push(CONTROL_IN_COMMAND)
+            return
+        await command(self, arg)
+
+    return refusing
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's protocol with our replies and the session guards.
 
@@ -556,6 +579,12 @@ class RelaySMTP(SMTP):
             self.transport.close()
 
     # -------------------------------------------------------------- commands
+
+    smtp_HELO = _refusing_control_characters(SMTP.smtp_HELO)
+    smtp_EHLO = _refusing_control_characters(SMTP.smtp_EHLO)
+    smtp_MAIL = _refusing_control_characters(SMTP.smtp_MAIL)
+    smtp_RCPT = _refusing_control_characters(SMTP.smtp_RCPT)
+    smtp_VRFY = _refusing_control_characters(SMTP.smtp_VRFY)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

@@ -226,6 +226,24 @@ async def test_alias_in_upper_case_and_with_source_route_matches(scenario):
         assert s.cmd(f"RCPT TO:<@relay.example:{scenario.buyer_alias}>").startswith("250")
 
 
+async def test_control_characters_in_a_command_get_501_and_the_session_goes_on(scenario, sink):
+    """THREATS #4: a bare CR (or a NUL, or another control character) in a
+    command is a syntax error, never a part stripped away: a probe's
+    `EHLO evil\\rInjected: yes`, `HELO a\\0b`, `MAIL FROM:<...\\r>` and
+    `RCPT TO:<...\\r>` all got 250, and the message was relayed."""
+    seller, alias = scenario.seller_email, scenario.buyer_alias
+    with RawSMTP(*scenario.relay.mx) as s:
+        for line in (b"EHLO evil\rInjected: yes", b"HELO a\0b", b"EHLO client\x1b.test"):
+            assert s.cmd(line).startswith("501 5.5.2"), line
+        assert s.cmd("EHLO client.test").startswith("250")
+        assert s.cmd(f"MAIL FROM:<{seller}\r>".encode()).startswith("501 5.5.2")
+        assert s.cmd(f"MAIL FROM:<{seller}>").startswith("250")
+        assert s.cmd(f"RCPT TO:<{alias}\r>".encode()).startswith("501 5.5.2")
+        assert s.cmd(f"RCPT TO:<{alias}\0>".encode()).startswith("501 5.5.2")
+        assert s.cmd("RSET").startswith("250")
+    assert scenario.relay.audit() == [] and sink.messages == []
+
+
 async def test_out_of_order_verbs(relay):
     with RawSMTP(*relay.mx) as s:
         assert s.cmd("DATA").startswith("503")
