@@ -201,10 +201,14 @@ MIGRATIONS: list[str] = [
 # The facts Store.order_history gives the filters; every column it reads of
 # the audit table is in the audit_order_facts index (migration 5).  A seller
 # message whose delivery failed for good (its queue entry, by queue_audit) was
-# never sent, so it is no `duplicate` of the next.
+# never sent, so it is no `duplicate` of the next.  An automatic reply from
+# the buyer's mailbox (an out-of-office, recorded with the `auto_reply`
+# reason) is not the buyer writing: it lifts neither the unsolicited limit
+# nor the opt-out.  (Its row is read for that, the index has no reasons; the
+# first accepted buyer row answers, as a rule.)
 ORDER_FACTS = (
     "SELECT EXISTS(SELECT 1 FROM audit WHERE order_id = :o AND direction = 'buyer_to_seller' "
-    "              AND verdict = 'accepted') AS buyer_wrote, "
+    "              AND verdict = 'accepted' AND reasons NOT LIKE '%\"auto_reply\"%') AS buyer_wrote, "
     "(SELECT COUNT(*) FROM audit WHERE order_id = :o AND direction = 'seller_to_buyer' "
     " AND verdict = 'accepted' AND unsolicited = 1) AS unsolicited, "
     "(SELECT group_concat(fingerprint, ' ') FROM audit WHERE order_id = :o "

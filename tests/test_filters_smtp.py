@@ -108,6 +108,24 @@ async def test_too_many_unsolicited_messages_and_duplicates(shop):
     assert [r["verdict"] for r in rows] == ["accepted"] * 3 + ["rejected", "accepted", "accepted", "rejected"]
 
 
+async def test_a_buyers_automatic_reply_is_not_the_buyer_writing(shop):
+    """Unsolicited means the buyer has not written in the order (CONTRACT);
+    an out-of-office answer from the buyer's mailbox is its software
+    writing.  It lifted both the unsolicited limit and the opt-out (a
+    black-box probe)."""
+    relay, aliases = await shop()
+    alias = aliases["buyer_alias"]
+    for n in range(3):
+        assert send(relay, message(alias, f"Update number {n}: your parcel moved on."))[0] == 250
+    away = message(aliases["seller_alias"], "I am away until Monday.", subject="Out of office", frm=BUYER)
+    away["Auto-Submitted"] = "auto-replied"
+    assert send(relay, away, mail_from=BUYER)[0] == 250  # relayed: the seller learns the buyer is away
+    assert_rejected(send(relay, message(alias, "Update number 4: still moving.")), "too_many_messages")
+    relay.cli("optout", "add", BUYER, check=True)
+    assert_rejected(send(relay, message(alias, "Update number 5: delivered soon.", subject="Re: hello")),
+                    "opted_out")
+
+
 async def test_a_message_that_failed_to_reach_the_buyer_may_be_sent_again(shop):
     """`duplicate` is "the same message already sent in this order"; one the
     next hop refused for good was never sent, and its notice tells the
