@@ -244,6 +244,9 @@ def test_other_dashed_numbers_stay_clean(text):
     "Holzwerk Meier GmbH, USt-IdNr. DE123456789, Steuernummer 143/123/45678",
     "Hallo Bob, Ihre Bestellnummer 01712345678 ist unterwegs.",
     "Hola Bob, tu pedido 0612345678 ya ha salido.",
+    "Please write RMA 4457 8891 22 on the parcel when you send it back.",
+    "Bitte die Retourennummer 0612345678 auf das Paket schreiben.",
+    "Votre numéro de retour: 06 12 34 56 78.",
 ])
 def test_size_runs_tax_numbers_and_labelled_order_numbers_are_no_phone_numbers(text):
     assert fragments(PHONE, plain(text)) == []

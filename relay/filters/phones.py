@@ -11,7 +11,7 @@ it would still take for a phone number is removed first, or refused after:
   2024-03-0457), prices with a currency ($1,234.56, 12,50 €, EUR 45), UPS tracking
   (1Z..., also in UPS's spaced layout), long digit runs (USPS 9400 1000 0000 ..., 14+ digits);
 - refused after matching: a number right after a reference word (order, invoice,
-  tracking, SKU, serial, n°, #, commande, facture, suivi, colis, ...); a bare
+  tracking, SKU, serial, RMA, return, n°, #, commande, facture, suivi, colis, ...); a bare
   run of digits without separators that neither starts with a trunk prefix (0)
   nor follows a phone word (call, phone, tel, WhatsApp, appelez, portable, ...);
   and, unless a phone word comes before it, a number without its trunk prefix
@@ -98,6 +98,8 @@ _REFERENCE_BEFORE = re.compile(
     r"serial|serie|lot|batch|imei|siret|siren|tva|vat|ean|upc|isbn|gtin|asin|waybill|awb|item|article|ticket|"
     r"case|claim|dossier|account|compte|iban|rib|model|modele|part|piece|receipt|recu|transaction|"
     r"confirmation|booking|reservation|code|id|pin|n°|no\.|nr\.?|#|"
+    # a return's authorization (RMA), in English, French and German
+    r"rma|return|retour\w*|"
     # German and Spanish: order, invoice, consignment, customer numbers; tax numbers of an imprint
     r"bestell\w*|auftrag\w*|rechnung\w*|sendung\w*|kunden\w*|steuer\w*|ust-idnr\.?|hrb|"
     r"pedido|factura|envio|albaran|referencia|nif|cif)"
