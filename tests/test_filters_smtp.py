@@ -126,6 +126,22 @@ async def test_a_buyers_automatic_reply_is_not_the_buyer_writing(shop):
                     "opted_out")
 
 
+async def test_the_same_words_in_html_alone_are_a_duplicate(shop):
+    """The duplicate rule reads words: the same sentence sent again as HTML
+    only (a mail client set to HTML) was accepted, its tags counted as
+    words (a black-box probe)."""
+    relay, aliases = await shop()
+    alias = aliases["buyer_alias"]
+    assert send(relay, message(alias, "Your parcel left our depot this morning."))[0] == 250
+    html_only = message(alias, "x")
+    html_only.set_content("<html><body><p>Your parcel <b>left</b> our depot this morning.</p></body></html>",
+                          subtype="html")
+    assert_rejected(send(relay, html_only), "duplicate")
+    other = message(alias, "x")
+    other.set_content("<p>It arrives at the local depot tomorrow.</p>", subtype="html")
+    assert send(relay, other)[0] == 250
+
+
 async def test_a_message_that_failed_to_reach_the_buyer_may_be_sent_again(shop):
     """`duplicate` is "the same message already sent in this order"; one the
     next hop refused for good was never sent, and its notice tells the

@@ -186,7 +186,7 @@ def _with_attachments(words: str, attachments: tuple[Attachment, ...]) -> str:
 def _parts_fingerprint(parts: tuple[TextPart, ...]) -> str:
     text = plain_text(parts)
     if not text or text.isspace():  # (`not text.strip()`, without a copy)
-        text = "\n".join(p.text for p in parts)
+        text = "\n".join(_words_shown(p) for p in parts)
     digest = hashlib.sha256()
     started = False
     for block in _line_blocks(text):
@@ -195,6 +195,17 @@ def _parts_fingerprint(parts: tuple[TextPart, ...]) -> str:
             digest.update(b" " + words if started else words)
             started = True
     return digest.hexdigest()
+
+
+def _words_shown(part: TextPart) -> str:
+    """The text of a part as its reader sees it: an HTML part's text without
+    its markup, so that the same sentence sent as plain text and as HTML
+    alone is the same message (the tags were words)."""
+    if part.content_type != "text/html":
+        return part.text
+    from relay.filters.content import scan_html  # (content imports this module)
+
+    return scan_html(part.text).text
 
 
 # The fingerprint is the hash of " ".join(words) over the whole text; it is
