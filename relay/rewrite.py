@@ -81,7 +81,11 @@ PGP_BLOCK = re.compile(
     r"-----BEGIN PGP (PUBLIC KEY BLOCK|SIGNATURE)-----.*?-----END PGP \1-----", re.DOTALL)
 PGP_SIGNED_HEADER = re.compile(r"-----BEGIN PGP SIGNED MESSAGE-----\r?\n(?:Hash:[^\n]*\n)*\r?\n?")
 
-ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+# Characters a reader does not see: zero-width ones, the soft hyphen, bidi
+# marks and isolates (typed or pasted next to right-to-left text), invisible
+# operators, the combining grapheme joiner and the Mongolian vowel separator.
+# (As the body of a regex character class: two ranges.)
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f\u202a-\u202e\u2061-\u2069\u034f\u180e"
 
 
 UNSCANNABLE = ("550 5.7.1 [unscannable] Part of the message could not be cleaned of a personal email address; "
@@ -127,12 +131,15 @@ class RewriteResult:
 
 # What may sit between two letters of an address without changing what a
 # reader sees: invisible characters (raw or as HTML entities), HTML tags such
-# as Gmail's <wbr> or <span>, quoted-printable soft breaks (vCard 2.1) and
-# iCalendar/vCard line folding.
+# as Gmail's <wbr> or <span>, quoted-printable soft breaks (vCard 2.1),
+# iCalendar/vCard line folding, and any line break or tab (raw or as an
+# entity): browsers drop them from a URL, so `mailto:bob@x.ex<LF>ample`
+# opens bob@x.example (a black-box probe got such links through).
 _GAP = (
-    rf"(?:[{ZERO_WIDTH}\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|<[^<>]{{0,200}}>"
-    r"|&(?:shy|zwsp|zwj|zwnj|NoBreak|ZeroWidthSpace);"
-    r"|&#0*(?:8203|8204|8205|8288|65279|173);|&#x0*(?:200b|200c|200d|2060|feff|ad);"
+    rf"(?:[{ZERO_WIDTH}\x00-\x1f\x7f]|<[^<>]{{0,200}}>"
+    r"|&(?:shy|zwsp|zwj|zwnj|NoBreak|ZeroWidthSpace|lrm|rlm|Tab|NewLine);"
+    r"|&#0*(?:820[3-7]|823[4-8]|828[89]|829[0-7]|65279|173|847|6158|9|10|13);"
+    r"|&#x0*(?:200[b-f]|202[a-e]|206[0-9]|feff|ad|34f|180e|9|a|d);"
     r"|=\r?\n|\r?\n[ \t])*"
 )
 _AT_WORDS = [r"&commat;", "\ufe6b", r"\s*[\[(]\s*at\s*[\])]\s*", r"\s+at\s+"]
@@ -312,7 +319,7 @@ def _subaddress_pattern(address: str) -> tuple[str, re.Pattern]:
 _TAG = re.compile(r"<[^<>]{0,200}>")
 _SOFT_BREAK = re.compile(r"=\r?\n|\r?\n[ \t]")
 _QP_ESCAPE = re.compile(r"=([0-9a-fA-F]{2})")
-_INVISIBLE = re.compile(f"[{ZERO_WIDTH}\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_INVISIBLE = re.compile(f"[{ZERO_WIDTH}\x00-\x1f\x7f]")  # (line breaks and tabs too: _GAP)
 _AT_WORD = re.compile(r'\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+|"?[ \t]*@[ \t]*"?', re.IGNORECASE)
 _DOT_WORD = re.compile(r"\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+|[\u3002\uff61]", re.IGNORECASE)
 
@@ -1049,9 +1056,22 @@ def _encode_text(text: str, charset: str, prefer_base64: bool) -> tuple[bytes, s
 # ------------------------------------------------------------------ the API
 
 def build_scrubber(parties: Parties) -> Scrubber:
-    replacements = {a: parties.sender_alias for a in parties.sender_addresses}
-    replacements.update({a: parties.recipient_alias for a in parties.recipient_addresses})
+    replacements = {a: parties.sender_alias for a in _mailboxes(parties.sender_addresses)}
+    replacements.update({a: parties.recipient_alias for a in _mailboxes(parties.recipient_addresses)})
     return _cached_scrubber(tuple(sorted(replacements.items())))
+
+
+def _mailboxes(addresses: Iterable[str]) -> Iterator[str]:
+    """Each address, and for a subaddress (RFC 5233: bob+shop@x.example) its
+    mailbox's own address too: a party registered with a tag writes and
+    signs from the plain one as well (its other tags are the plain
+    address's subaddresses: Scrubber)."""
+    for address in addresses:
+        yield address
+        local, _, domain = address.rpartition("@")
+        base = local.partition("+")[0]
+        if base and base != local:
+            yield f"{base}@{domain}"
 
 
 @functools.lru_cache(maxsize=1024)

@@ -114,6 +114,13 @@ def test_encoded_newline_in_subject_never_becomes_a_header():
     # A subaddress (RFC 5233) reaches the same mailbox: it names the party as well.
     "Write to sam.real+orders@shop.example or SAM.REAL+a.b-c@Shop.Example",
     "<a href=\"mailto:sam.real%2Bshop%40shop.example\">me</a> or sam.real&#43;x&#64;shop.example",
+    # Found by a black-box probe: bidi marks and other format characters a reader does not see
+    *(f"returns: sam.real{mark}@shop.example" for mark in "\u200e\u200f\u202a\u202c\u2066\u2069\u2061\u034f\u180e"),
+    "<p>returns: sam.real&#x200e;@shop.example or sam.real&lrm;@shop.example</p><a href=\"#\">x</a>",
+    # ... and line breaks inside a link, which browsers drop from a URL
+    "<a href=\"mailto:sam.real@shop.ex\nample\">me</a> <a href=\"mailto:sam.real@shop.ex\r\nample\">me</a>",
+    "<a href=\"mailto:sam.real&#10;@shop.example\">me</a> <a href=\"mailto:sam.real&NewLine;@shop.example\">me</a>",
+    "<a href=\"mailto:sam.real@shop&#13;.example\">me</a> <a href=\"mailto:sam.real@shop&#x0a;.example\">me</a>",
 ])
 def test_body_spellings_are_replaced(body):
     msg = EmailMessage()
@@ -368,6 +375,21 @@ def test_long_lines_after_replacement_are_folded():
     line = ("bob.real@buyer.test " * 49).strip()  # 979 octets, longer once aliases replace it
     out = rewrite(f"From: sam.real@shop.example\r\nSubject: x\r\n\r\n{line}\r\n")
     assert_clean(out)
+
+
+def test_a_party_registered_with_a_subaddress_is_known_by_its_mailbox_too():
+    """Registered as kim.real+market@..., the buyer's base address and its
+    other tags name the same mailbox (a black-box probe got both through
+    to the seller, from a signature)."""
+    parties = Parties((SELLER,), SELLER_ALIAS, "Sam's Shop", ("bob.real+market@buyer.test",), BUYER_ALIAS,
+                      "mx.relay.example")
+    msg = message_from_bytes(b"From: sam.real@shop.example\r\nSubject: s\r\n\r\nYou wrote from bob.real@buyer.test"
+                             b" and BOB.REAL+other@buyer.test; write to bob.real+market@buyer.test.\r\n",
+                             policy=policy.default)
+    out = rewrite_message(msg, parties, THREAD, ()).data
+    body = quopri.decodestring(out.split(b"\r\n\r\n", 1)[1]).lower()  # (To: is the buyer's own address)
+    assert b"bob.real" not in body and b"buyer.test" not in body
+    assert body.count(BUYER_ALIAS.encode()) == 3
 
 
 def test_scrubber_hides_the_address_even_inside_longer_ones():

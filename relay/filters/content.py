@@ -197,7 +197,7 @@ def words_present(folded: str) -> frozenset[tuple[str, bytes]]:
 # ---------------------------------------------------------------- invisible characters
 
 # Characters a reader does not see ("john\u200b@gmail.com" reads john@gmail.com).
-_INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200d\u2060-\u2064\ufeff]")
+_INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")  # (bidi marks too)
 
 
 def on_visible_text(finder):
