@@ -1274,7 +1274,8 @@ def parsable_address_header(message: EmailMessage, name: str) -> bool:
     """Whether the `name` fields of `message` are short enough for the
     stdlib's address parser (ADDRESS_HEADER_LIMIT); if not, they are read
     (header_text) and written (_header_line) as text."""
-    return all(len(value) <= ADDRESS_HEADER_LIMIT for key, value in message.raw_items() if key.lower() == name.lower())
+    wanted = name.lower()
+    return all(len(value) <= ADDRESS_HEADER_LIMIT for key, value in message.raw_items() if key.lower() == wanted)
 
 
 def _raw_header(message: EmailMessage, name: str) -> str | None:

@@ -298,11 +298,12 @@ def _refusing_control_characters(command: Callable[[Any, str], Any]) -> Callable
     `MAIL FROM:<a@b.example\\r>` got 250 and its message was relayed."""
 
     @functools.wraps(command)  # (with aiosmtpd's __smtp_syntax__ for HELP)
-    async def refusing(self: "RelaySMTP", arg: str) -> None:
+    def refusing(self: "RelaySMTP", arg: str) -> Any:
+        # A plain function that returns what aiosmtpd awaits: no coroutine of
+        # its own on every command.
         if arg and _CONTROL_CHARACTER.search(arg):
-            await self.push(CONTROL_IN_COMMAND)
-            return
-        await command(self, arg)
+            return self.push(CONTROL_IN_COMMAND)
+        return command(self, arg)
 
     return refusing
 
