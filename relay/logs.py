@@ -7,7 +7,7 @@ Event names (the only ones the relay emits):
   sender_auth.checked
   delivery.sent delivery.deferred delivery.failed delivery.error
   bounce.received postmaster.received
-  store.checkpoint_failed
+  store.checkpoint_failed store.replaced
 Real addresses are never logged at INFO (aliases and ids are); message bodies never.
 """
 
@@ -25,7 +25,7 @@ relay.started relay.stopping relay.stopped relay.reloaded relay.reload_failed
 session.refused session.authenticated rcpt.refused message.accepted message.rejected message.deferred_by_storage
 message.deferred_by_dns message.error sender_auth.checked
 delivery.sent delivery.deferred delivery.failed delivery.error bounce.received postmaster.received
-store.checkpoint_failed
+store.checkpoint_failed store.replaced
 """.split())
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}

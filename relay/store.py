@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -38,6 +39,7 @@ import aiosqlite
 from relay.affinity import defer_to_the_event_loop
 from relay.checkpoint import WRITER_AUTOCHECKPOINT_PAGES, Checkpointer
 from relay.chunks import Chunks, buffers
+from relay.logs import get_logger
 from relay.storelock import WriteTurn, turn_at
 
 if TYPE_CHECKING:
@@ -348,6 +350,8 @@ class Store:
         self._lazy_wake: asyncio.TimerHandle | None = None  # a commit is wanted soon (transact can_wait)
         self._writer_stopped: asyncio.Future | None = None  # done once the writer thread has finished
         self._closed = False
+        self._files_at_open: tuple[tuple[int, int], ...] | None = None  # (_confirm_files)
+        self._replaced_logged = False
 
     # ---------------------------------------------------------------- opening
 
@@ -368,6 +372,7 @@ class Store:
                 turn.close()
             raise _storage_error(exc) from exc
         store = cls(path, writer, reader, turn, busy_timeout)
+        store._files_at_open = store._files()
         store._writer_stopped = loop.create_future()
         threading.Thread(target=store._write_loop, args=(loop,), name="store-writer", daemon=True).start()
         return store
@@ -503,6 +508,7 @@ class Store:
         batch = outcomes = None
         try:
             with self._turn.held(self._busy_timeout):
+                self._confirm_files()
                 batch = _drain(self._pending)
                 works = [work for work, _ in batch]
                 in_one = _commit_in_one_statement(self._writer, works)
@@ -513,6 +519,32 @@ class Store:
                 _call_soon(loop, self._failed, batch if batch is not None else _drain(self._pending), exc)
                 return
         _call_soon(loop, self._committed, batch, outcomes, parties_version, started)
+
+    def _files(self) -> tuple[tuple[int, int], ...] | None:
+        """(device, inode) of the store's file and of its WAL, at their paths
+        (None when one is missing)."""
+        try:
+            return tuple((st.st_dev, st.st_ino) for st in (os.stat(self.path), os.stat(f"{self.path}-wal")))
+        except FileNotFoundError:
+            return None
+
+    def _confirm_files(self) -> None:
+        """Before a commit: the files at the store's path are the ones the
+        writer commits into.  Deleted or replaced under a running relay, its
+        commits went into unlinked files, every client got 250, and all of
+        it was gone at the next start (a black-box probe): a StorageError
+        instead (451), logged once.  Two stat() calls a batch."""
+        found = self._files()
+        if self._files_at_open is None:  # (the WAL did not exist yet at open)
+            self._files_at_open = found
+        if found is not None and found == self._files_at_open:
+            return
+        if not self._replaced_logged:
+            self._replaced_logged = True
+            get_logger().error("store.replaced", path=self.path,
+                               error="the store file or its -wal was removed or replaced while the relay had it "
+                                     "open; nothing more is accepted until the relay is restarted")
+        raise StorageError(f"the store file {self.path} was removed or replaced while in use")
 
     def _committed(self, batch: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future]],
                    outcomes: list[tuple[Any, Exception | None]], parties_version: int, started: float) -> None:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from service_support import wait_for_event
+
 SELLER = "sam@shop.example"
 BUYER = "bob@buyer.test"
 
@@ -120,3 +122,24 @@ async def test_a_size_refusal_that_cannot_be_audited_is_a_451(relay_factory, tmp
     code, reply = send(relay, alias, 2)
     assert code == 552 and reply.startswith(b"5.3.4"), (code, reply)
     assert [(r["verdict"], r["reasons"]) for r in relay.audit()] == [("rejected", ["message_too_large"])]
+
+
+@pytest.mark.parametrize("removed", [("relay.sqlite3", "relay.sqlite3-wal", "relay.sqlite3-shm"),
+                                     ("relay.sqlite3-wal",)])
+async def test_a_store_removed_under_the_relay_gets_451_never_250(relay_factory, sink, removed):
+    """A 250 must mean the message is on disk for good.  With its files
+    deleted the relay went on committing into the unlinked files and
+    answering 250 (a black-box probe), and all of it was gone at the next
+    start.  Now it sees that the file at the store's path is not the one it
+    writes, answers 451 and logs why."""
+    relay = await relay_factory()
+    relay.add_seller("s1", "Shop", [SELLER])
+    alias = relay.open_order("o1", "s1", BUYER)["buyer_alias"]
+    assert send(relay, alias, 1)[0] == 250
+    await sink.wait_for_count(1)
+    for name in removed:
+        (relay.workdir / name).unlink()
+    code, reply = send(relay, alias, 2)
+    assert code == 451 and reply.startswith(b"4.3.0"), (code, reply)
+    (event,) = await wait_for_event(relay, "store.replaced")
+    assert event["level"] == "error" and event["path"] == str(relay.workdir / "relay.sqlite3")
