@@ -16,6 +16,7 @@ import re
 import sqlite3
 import sys
 import unicodedata
+from pathlib import Path
 from typing import Any, Sequence
 
 from relay import notify
@@ -169,7 +170,18 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
     later."""
     from relay.server import serve
     from relay.store import release_all_claims
+    from relay.storelock import hold_the_service
 
+    try:
+        Path(settings.store.path).parent.mkdir(parents=True, exist_ok=True)
+        held = hold_the_service(settings.store.path)
+    except OSError:
+        held = -1  # (the daemon's own open of the store says what is wrong)
+    if held is None:
+        from relay.logs import get_logger
+
+        get_logger().error("relay.stopped", error=f"another relay serve is running on the store {settings.store.path}")
+        return 1
     try:
         release_all_claims(settings.store.path, settings.store.busy_timeout)
     except (sqlite3.Error, OSError):

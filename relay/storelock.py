@@ -154,3 +154,23 @@ def turn_at(store_path: str, timeout: float) -> Iterator[None]:
             yield
     finally:
         turn.close()
+
+
+def hold_the_service(store_path: str) -> int | None:
+    """Take the store for one `relay serve` (all its worker processes): an
+    flock on `<store>-service.lock`, held as long as a process of the
+    service lives (forked workers share it; the descriptor is not passed to
+    anything exec'd).  None when another service holds it.
+
+    A service start drops every delivery claim in the store, those of a
+    killed process included (relay.cli).  A second `relay serve` on the same
+    store (another port, another configuration) thus took the first one's
+    messages in flight and sent them again: a black-box probe got 30 of 30
+    messages twice.  The descriptor is kept open until the process ends."""
+    fd = os.open(f"{store_path}-service.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd

@@ -194,3 +194,33 @@ async def test_sigterm_drain_is_bounded_and_an_unfinished_message_leaves_nothing
     assert relay.cli("queue", "list", "--json", check=True).stdout == b""
     assert relay.audit() == []
     assert sink.messages == []
+
+
+async def test_a_second_service_on_the_same_store_refuses_to_start(relay_factory, sink, tmp_path):
+    """Two `relay serve` on one store (another port, another config): the
+    second dropped the first one's delivery claims as a service start does,
+    and sent again every message the first was sending (a black-box probe:
+    30 of 30 twice).  It now refuses to start, exit 1, and the first goes on."""
+    import sys
+
+    from conftest import deep_merge
+    from relay.config import to_toml
+
+    first = await relay_factory()
+    first.add_seller("s1", "Shop", ["sam@shop.example"])
+    alias = first.open_order("o1", "s1", "bob@buyer.test")["buyer_alias"]
+    second_config = tmp_path / "second.toml"
+    second_config.write_text(to_toml(deep_merge(first.config, {"listen": {"mx": f"127.0.0.1:{free_port()}"}})))
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "relay", "--config", str(second_config),
+                                                "serve", stderr=asyncio.subprocess.PIPE)
+    try:
+        _, stderr = await asyncio.wait_for(proc.communicate(), 30)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise AssertionError("the second service started") from None
+    assert proc.returncode == 1, stderr
+    assert b"another relay serve" in stderr and str(first.workdir / "relay.sqlite3").encode() in stderr
+    with smtplib.SMTP(*first.mx, timeout=30) as client:
+        client.sendmail("sam@shop.example", [alias], seller_message("sam@shop.example", alias))
+    await sink.wait_for_count(1)
