@@ -22,7 +22,8 @@ from typing import Any, Sequence
 from relay import notify
 from relay.affinity import AFFINITY_UNDER_SYSTEMD, cpu_plan, pin_process
 from relay.aliases import AddressError, mint_alias, normalize_address
-from relay.config import ConfigError, Settings, check_files, load_settings
+from relay.config import (RUNNING_SETTINGS_ENV, ConfigError, Settings, check_files, load_settings,
+                          settings_from_json)
 from relay.sharing import ListenError, Shared
 from relay.store import NotFound, StorageError, Store
 
@@ -123,7 +124,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        settings = load_settings(getattr(args, "config", None))
+        if args.command == "serve" and args.acceptor and RUNNING_SETTINGS_ENV in os.environ:
+            # A replacement worker: the primary's running configuration, not the file's (relay.workers).
+            settings = settings_from_json(os.environ.pop(RUNNING_SETTINGS_ENV))
+        else:
+            settings = load_settings(getattr(args, "config", None))
     except ConfigError as exc:
         print(f"relay: configuration error: {exc}", file=sys.stderr)
         return 2

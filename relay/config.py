@@ -325,6 +325,24 @@ def parse_nameserver(key: str, value: str) -> tuple[str, int]:
     return host, port
 
 
+# A replacement worker process (relay.workers) is started with the primary's
+# running configuration in this environment variable, not from the file:
+# the file may hold changes a reload refused (listen, store, metrics need a
+# restart) or text that does not load at all.
+RUNNING_SETTINGS_ENV = "RELAY_RUNNING_SETTINGS"
+
+
+def settings_to_json(settings: Settings) -> str:
+    """The settings as JSON that settings_from_json reads back equal."""
+    return json.dumps({"source": settings.source, "sections": {
+        name: value for name, value in dataclasses.asdict(settings).items() if name != "source"}})
+
+
+def settings_from_json(text: str) -> Settings:
+    data = json.loads(text)
+    return settings_from_dict(data["sections"], source=data["source"])
+
+
 def to_toml(config: dict[str, Any]) -> str:
     """A configuration mapping ({section: {key: value}}) as TOML text: the
     inverse of loading, for the tests' and the benchmark's relay processes.

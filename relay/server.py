@@ -57,7 +57,7 @@ from relay import notify
 from relay.affinity import allowed_cpus
 from relay.aliases import AddressError, normalize_address, split_address
 from relay.chunks import Chunks
-from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport
+from relay.config import ConfigError, Settings, check_files, load_settings, parse_hostport, settings_to_json
 from relay.delivery import Delivery
 from relay.limits import ConnectionLimiter, RateLimiter, ip_key, tarpit_delay
 from relay.logs import get_logger
@@ -1393,7 +1393,8 @@ async def serve(settings: Settings, config_path: str | None = None, role: str = 
     (listen.cpu_affinity, relay.affinity), the primary's first."""
     shared = shared or Shared()
     daemon = RelayDaemon(settings, config_path, role, shared)
-    acceptors = Workers(acceptor_command(config_path, shared), daemon.log, daemon.worker_exited, cpus or [])
+    acceptors = Workers(acceptor_command(config_path, shared), daemon.log, daemon.worker_exited, cpus or [],
+                        running_settings=lambda: settings_to_json(daemon.settings))
     # Handlers first: a SIGHUP or SIGTERM that arrives while starting (or the
     # instant after "relay.started") must not kill the process by default action.
     stop = asyncio.Event()

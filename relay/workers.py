@@ -25,6 +25,7 @@ import sys
 from typing import Awaitable, Callable
 
 from relay import notify
+from relay.config import RUNNING_SETTINGS_ENV
 from relay.sharing import Shared
 
 # An acceptor that lived at least this long died of something other than
@@ -52,8 +53,11 @@ class Workers:
     """The primary's view of its acceptors: watch, replace, signal, reap."""
 
     def __init__(self, command: tuple[list[str], list[int]], log, on_exit: Callable[[int], Awaitable[None]],
-                 cpus: list[int] | None = None):
+                 cpus: list[int] | None = None, running_settings: Callable[[], str] | None = None):
         self.command, self.pass_fds = command
+        # The primary's configuration as it runs now (relay.config
+        # settings_to_json): what a replacement starts on.
+        self.running_settings = running_settings
         # listen.cpu_affinity (relay.affinity): the CPU of each process, the
         # primary's first.  Each acceptor holds a slot (1 to the number the
         # CLI forked, its index there); a dead one's slot, and with it its
@@ -151,8 +155,11 @@ class Workers:
         command = self.command
         if slot is not None and slot < len(self.cpus):
             command = [*command, "--cpu", str(self.cpus[slot])]
+        env = acceptor_environment()
+        if self.running_settings is not None:
+            env[RUNNING_SETTINGS_ENV] = self.running_settings()
         try:
-            process = subprocess.Popen(command, env=acceptor_environment(), pass_fds=self.pass_fds,
+            process = subprocess.Popen(command, env=env, pass_fds=self.pass_fds,
                                        stdin=subprocess.DEVNULL)
         except OSError as exc:
             self.log.error("relay.worker_start_failed", error=str(exc))

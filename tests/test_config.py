@@ -136,3 +136,11 @@ def test_serve_on_an_address_the_host_does_not_have_exits_2_and_one_in_use_exits
         busy.write_text(f'[store]\npath = "{tmp_path}/b.sqlite3"\n[listen]\nmx = "127.0.0.1:{port}"\n')
         result = run_relay("--config", str(busy), "serve", cwd=tmp_path)
     assert result.returncode == 1 and "listen.mx" in result.stderr, result.stderr
+
+
+def test_the_running_settings_survive_their_trip_to_a_replacement_worker(tmp_path):
+    """relay.workers hands a replacement the primary's settings as JSON."""
+    from relay.config import load_settings, settings_from_json, settings_to_json
+
+    for settings in (Settings(), load_settings(str(Path(__file__).parent.parent / "config.example.toml"))):
+        assert settings_from_json(settings_to_json(settings)) == settings

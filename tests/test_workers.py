@@ -334,3 +334,39 @@ async def test_a_replacement_worker_serves_the_submission_port_too(relay_factory
     assert delivered.rcpt_tos == [BUYER]
     assert started["pid"] in child_pids(relay.proc.pid)
     assert await relay.stop(timeout=60) == 0
+
+
+@pytest.mark.parametrize("edit", ["another store", "broken TOML"])
+async def test_a_replacement_worker_runs_on_the_primarys_configuration(relay_factory, tmp_path, edit):
+    """The file may say something the running service does not: a store
+    path that a SIGHUP refused to change ("needs a restart"), or broken TOML
+    that a SIGHUP refused whole.  A replacement read the file: on another
+    store it refused valid aliases 550 5.1.1 (13 of 20 in a black-box
+    probe); on broken TOML it could not start at all.  It now starts on the
+    primary's running configuration, and takes mail into the same store."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)  # a smarthost that never answers: messages stay claimed
+    try:
+        relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2},
+                                     "delivery": {"smarthost": f"127.0.0.1:{silent.getsockname()[1]}",
+                                                  "timeout": 300.0}})
+        store = relay.config["store"]["path"]
+        aliases = setup_order(relay)
+        (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
+        if edit == "another store":
+            relay.rewrite_config({"store": {"path": str(tmp_path / "elsewhere" / "relay.sqlite3")}})
+        else:
+            relay.config_path.write_text(relay.config_path.read_text() + "\n[limits\n")
+        os.kill(relay.proc.pid, signal.SIGHUP)
+        await wait_for_event(relay, "relay.reload_failed", count=2, timeout=20)  # the primary's, the acceptor's
+        os.kill(acceptor, signal.SIGKILL)
+        (started,) = await wait_for_event(relay, "relay.worker_started", timeout=20)
+        await wait_until(lambda: [e for e in relay.events("relay.started") if e["pid"] == started["pid"]],
+                         timeout=30)
+        (replacement,) = [e for e in relay.events("relay.started") if e["pid"] == started["pid"]]
+        assert replacement["store"] == store
+        _send_through(relay, aliases["seller_alias"], started["pid"], stalled=relay.proc.pid)
+        assert len(relay.events("relay.worker_exited")) == 1  # the killed one only
+    finally:
+        silent.close()
