@@ -236,8 +236,14 @@ class Scrubber:
     The normalised view undoes everything the pattern accepts, so it can only
     over-report, never miss."""
 
-    def __init__(self, replacements: dict[str, str]):
+    def __init__(self, replacements: dict[str, str], local_parts: dict[str, str] | None = None):
         self.replacements = {k.lower(): v for k, v in replacements.items() if k}
+        # A writer's own local part, where it reads as a name (_distinctive_local_part), and the name
+        # the relay shows instead: "On Mon, jane.doe.1987 wrote:" names the writer as the address would.
+        self.local_parts = {k.lower(): v for k, v in (local_parts or {}).items()}
+        self._local_pattern = re.compile(
+            r"(?<![\w.+%=&#/-])(?:" + "|".join(map(re.escape, sorted(self.local_parts, key=len, reverse=True)))
+            + r")(?![\w+-]|\.\w|\s*@)", re.IGNORECASE) if self.local_parts else None
         self._keys = sorted(self.replacements, key=len, reverse=True)
         self._forms = {k: _address_forms(k) for k in self._keys}
         self._subaddressed = {k: _subaddress_pattern(k) for k in self._keys}
@@ -247,6 +253,12 @@ class Scrubber:
         """The text with every known address replaced; RewriteError
         ([unscannable]) if one still shows after the replacement: a spelling
         the view reads as the address but the pattern does not know."""
+        value = self._addresses(value)
+        if self._local_pattern is not None and value and self._local_pattern.search(value):
+            value = self._local_pattern.sub(lambda m: self.local_parts[m.group(0).lower()], value)
+        return value
+
+    def _addresses(self, value: str) -> str:
         if not self._keys or not value or not may_hold_address(value):
             return value
         view = normalised_view(value)
@@ -1058,7 +1070,23 @@ def _encode_text(text: str, charset: str, prefer_base64: bool) -> tuple[bytes, s
 def build_scrubber(parties: Parties) -> Scrubber:
     replacements = {a: parties.sender_alias for a in _mailboxes(parties.sender_addresses)}
     replacements.update({a: parties.recipient_alias for a in _mailboxes(parties.recipient_addresses)})
-    return _cached_scrubber(tuple(sorted(replacements.items())))
+    shown = _HTML_SPECIAL.sub("", parties.sender_display).strip() or parties.sender_alias
+    local_parts = {local: shown for local in {address.rpartition("@")[0].lower()
+                                              for address in _mailboxes(parties.sender_addresses)}
+                   if _distinctive_local_part(local)}
+    return _cached_scrubber(tuple(sorted(replacements.items())), tuple(sorted(local_parts.items())))
+
+
+_HTML_SPECIAL = re.compile(r"[<>&\"]")  # (a name put into an HTML part's text is not markup)
+_LOCAL_PART_WORD = re.compile(r"[a-z]{0,12}")
+
+
+def _distinctive_local_part(local: str) -> bool:
+    """Does the writer's local part read as its name, never as a word of
+    the text?  "jane.doe.1987", "sam_real", "j-smith" do; "bob", "sales",
+    "info" (letters only) do not: replacing them would rewrite ordinary
+    words.  A subaddress's tag is left to the address pattern."""
+    return "+" not in local and len(local) >= 4 and not _LOCAL_PART_WORD.fullmatch(local)
 
 
 def _mailboxes(addresses: Iterable[str]) -> Iterator[str]:
@@ -1075,10 +1103,11 @@ def _mailboxes(addresses: Iterable[str]) -> Iterator[str]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _cached_scrubber(replacements: tuple[tuple[str, str], ...]) -> Scrubber:
+def _cached_scrubber(replacements: tuple[tuple[str, str], ...],
+                     local_parts: tuple[tuple[str, str], ...] = ()) -> Scrubber:
     """Building the pattern costs more than scrubbing a message; an order's
     parties write many messages."""
-    return Scrubber(dict(replacements))
+    return Scrubber(dict(replacements), dict(local_parts))
 
 
 def rewrite_message(message: EmailMessage, parties: Parties, threading: Threading,

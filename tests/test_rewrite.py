@@ -392,6 +392,32 @@ def test_a_party_registered_with_a_subaddress_is_known_by_its_mailbox_too():
     assert body.count(BUYER_ALIAS.encode()) == 3
 
 
+@pytest.mark.parametrize("quote", [
+    "On Mon, 3 Nov 2026 at 10:02, sam.real <sam.real@shop.example> wrote:\n> Where is it?",
+    "On 11/3/26 10:02 AM, sam.real wrote:\n> Where is it?",
+    "<p>On Mon, <b>Sam.Real</b> wrote:</p><blockquote>hi</blockquote><a href=\"#\">x</a>",
+])
+def test_the_writers_own_local_part_is_no_name_on_the_other_side(quote):
+    """A client without a display name quotes `jane.doe.1987 <...> wrote:`
+    or `jane.doe.1987 wrote:`: the local part names the writer as the
+    address would (a black-box probe got it through both ways).  A local
+    part that could be a word ("bob", "sales") is left alone."""
+    msg = EmailMessage()
+    msg["From"], msg["Subject"] = SELLER, "x"
+    msg.set_content(quote, subtype="html" if "<p>" in quote else "plain")
+    out = rewrite(msg.as_bytes())
+    assert_clean(out)
+    assert b"Sam's Shop" in quopri.decodestring(out)
+
+
+def test_a_local_part_that_could_be_a_word_is_left_in_the_text():
+    parties = Parties(("sales@shop.example",), SELLER_ALIAS, "Sam's Shop", (BUYER,), BUYER_ALIAS, "mx.relay.example")
+    msg = message_from_bytes(b"From: sales@shop.example\r\nSubject: s\r\n\r\nOur sales team wrote to sales@shop.example."
+                             b"\r\n", policy=policy.default)
+    out = quopri.decodestring(rewrite_message(msg, parties, THREAD, ()).data)
+    assert b"Our sales team wrote to " + SELLER_ALIAS.encode() in out
+
+
 def test_scrubber_hides_the_address_even_inside_longer_ones():
     scrub = Scrubber({"bob@x.example": "alias@relay.example"})
     assert scrub.text("carol@x.example bob@x.exampl bob@x.example") == \
