@@ -132,7 +132,8 @@ class RewriteResult:
 # What may sit between two letters of an address without changing what a
 # reader sees: invisible characters (raw or as HTML entities), HTML tags such
 # as Gmail's <wbr> or <span>, quoted-printable soft breaks (vCard 2.1),
-# iCalendar/vCard line folding, and any line break or tab (raw or as an
+# iCalendar/vCard line folding, format=flowed soft breaks (a space before the
+# line break, deleted with delsp=yes: RFC 3676), and any line break or tab (raw or as an
 # entity): browsers drop them from a URL, so `mailto:bob@x.ex<LF>ample`
 # opens bob@x.example (a black-box probe got such links through).
 _GAP = (
@@ -140,7 +141,7 @@ _GAP = (
     r"|&(?:shy|zwsp|zwj|zwnj|NoBreak|ZeroWidthSpace|lrm|rlm|Tab|NewLine);"
     r"|&#0*(?:820[3-7]|823[4-8]|828[89]|829[0-7]|65279|173|847|6158|9|10|13);"
     r"|&#x0*(?:200[b-f]|202[a-e]|206[0-9]|feff|ad|34f|180e|9|a|d);"
-    r"|=\r?\n|\r?\n[ \t])*"
+    r"|=\r?\n|\r?\n[ \t]| \r?\n)*"
 )
 _AT_WORDS = [r"&commat;", "\ufe6b", r"\s*[\[(]\s*at\s*[\])]\s*", r"\s+at\s+"]
 _DOT_WORDS = [r"&period;", "\u3002", "\uff61", r"\s*[\[(]\s*dot\s*[\])]\s*", r"\s+dot\s+"]
@@ -329,7 +330,7 @@ def _subaddress_pattern(address: str) -> tuple[str, re.Pattern]:
 
 
 _TAG = re.compile(r"<[^<>]{0,200}>")
-_SOFT_BREAK = re.compile(r"=\r?\n|\r?\n[ \t]")
+_SOFT_BREAK = re.compile(r"=\r?\n|\r?\n[ \t]| \r?\n")  # (the last: RFC 3676's, format=flowed)
 _QP_ESCAPE = re.compile(r"=([0-9a-fA-F]{2})")
 _INVISIBLE = re.compile(f"[{ZERO_WIDTH}\x00-\x1f\x7f]")  # (line breaks and tabs too: _GAP)
 _AT_WORD = re.compile(r'\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+|"?[ \t]*@[ \t]*"?', re.IGNORECASE)

@@ -410,6 +410,18 @@ def test_the_writers_own_local_part_is_no_name_on_the_other_side(quote):
     assert b"Sam's Shop" in quopri.decodestring(out)
 
 
+def test_an_address_across_a_flowed_soft_break_is_replaced():
+    """RFC 3676 format=flowed with delsp=yes: a line that ends in a space
+    joins the next, the space deleted; Apple Mail breaks text without spaces
+    (Japanese) that way, inside an address too (a black-box probe)."""
+    raw = ("From: sam.real@shop.example\r\nSubject: s\r\nMIME-Version: 1.0\r\n"
+           "Content-Type: text/plain; charset=utf-8; format=flowed; delsp=yes\r\n"
+           "Content-Transfer-Encoding: 8bit\r\n\r\n"
+           "\u3054\u6ce8\u6587\u306e\u4ef6\u3067\u3059\u304c\u3001sam.real@sh \r\nop.example \u307e\u3067\r\n")
+    out = rewrite(raw.encode())
+    assert_clean(out)
+
+
 def test_a_local_part_that_could_be_a_word_is_left_in_the_text():
     parties = Parties(("sales@shop.example",), SELLER_ALIAS, "Sam's Shop", (BUYER,), BUYER_ALIAS, "mx.relay.example")
     msg = message_from_bytes(b"From: sales@shop.example\r\nSubject: s\r\n\r\nOur sales team wrote to sales@shop.example."
