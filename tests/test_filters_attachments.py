@@ -104,6 +104,20 @@ def test_rejected_types(filename, ctype, data):
     assert findings[0].sentence.endswith(".")
 
 
+@pytest.mark.parametrize("filename, ctype, data, named", [
+    ("contact.vcf", "text/vcard", b"BEGIN:VCARD\nEND:VCARD\n", ".vcf"),
+    ("invite.ics", "text/calendar", b"BEGIN:VCALENDAR\nEND:VCALENDAR\n", ".ics"),
+    (None, "text/calendar", b"BEGIN:VCALENDAR\nEND:VCALENDAR\n", "text/calendar"),
+])
+def test_a_type_not_allowed_is_named_as_such_not_as_a_mismatch(filename, ctype, data, named):
+    """A vCard is text inside: it was refused as "content (plain text) does
+    not match its file name (.vcf)", which tells the writer to rename it
+    (a black-box probe); the type itself is what is not allowed."""
+    (finding,) = TYPE.check(MessageView(subject="x", attachments=(att(filename, ctype, data),)), CTX)
+    assert finding.sentence.startswith(f"{named} files cannot be attached"), finding.sentence
+    assert "does not match" not in finding.sentence
+
+
 def test_allowed_types_setting_narrows():
     only_pdf = AttachmentType(FilterSettings(attachment_types=("pdf",)))
     view = MessageView(subject="x",

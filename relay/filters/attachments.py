@@ -171,6 +171,11 @@ def judge(att: Attachment, allowed: tuple[str, ...]) -> str | None:
         return (f"{_describe(sniffed).capitalize()} files cannot be attached; allowed attachments are "
                 f"{allowed_text}.")
     for claim, what in ((by_name, "file name"), (by_type, "declared type")):
+        if claim is not None and claim != sniffed and claim not in allowed:
+            # (a vCard or a calendar is text inside: what is refused is its type, not a disguise)
+            named = _describe(claim)
+            named = named if named.startswith(".") or "/" in named else named[:1].upper() + named[1:]
+            return f"{named} files cannot be attached; allowed attachments are {allowed_text}."
         if claim is not None and claim != sniffed:
             return (f"The attachment's content ({_describe(sniffed)}) does not match its {what} "
                     f"({_describe(claim)}); send the file with its real name and type. Allowed attachments "
