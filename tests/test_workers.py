@@ -204,38 +204,45 @@ def _send_through(relay, alias: str, pid: int, stalled: int) -> int:
     return entry
 
 
-async def test_a_worker_that_dies_is_replaced_and_its_messages_are_taken_over_at_once(relay_factory):
+@pytest.fixture
+async def two_workers_stalled(relay_factory):
+    """A relay of two worker processes whose next hop accepts connections and
+    never answers: its messages stay claimed by the process that took them."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    try:
+        yield await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2},
+                                   "delivery": {"smarthost": f"127.0.0.1:{silent.getsockname()[1]}",
+                                                "timeout": 300.0}})
+    finally:
+        silent.close()
+
+
+async def test_a_worker_that_dies_is_replaced_and_its_messages_are_taken_over_at_once(two_workers_stalled):
     """kill -9 of an acceptor: the primary says so, gives the dead process's
     delivery claims back (taken over now, not a 2-minute lease later), and
     starts a replacement that takes mail on the same port."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)  # a smarthost that never answers: messages stay claimed
-    try:
-        relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2},
-                                     "delivery": {"smarthost": f"127.0.0.1:{silent.getsockname()[1]}",
-                                                  "timeout": 300.0}})
-        aliases = setup_order(relay)
-        (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
-        entry = _send_through(relay, aliases["seller_alias"], acceptor, stalled=relay.proc.pid)
+    relay = two_workers_stalled
+    aliases = setup_order(relay)
+    (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
+    entry = _send_through(relay, aliases["seller_alias"], acceptor, stalled=relay.proc.pid)
 
-        os.kill(acceptor, signal.SIGKILL)
-        (exited,) = await wait_for_event(relay, "relay.worker_exited", timeout=20)
-        assert exited["pid"] == acceptor
-        (released,) = await wait_for_event(relay, "delivery.claims_released", timeout=20)
-        assert released["pid"] == acceptor and released["entries"] >= 1
-        await wait_until(lambda: _claims(relay)[entry].startswith(f"{relay.proc.pid}."), timeout=20)
+    os.kill(acceptor, signal.SIGKILL)
+    (exited,) = await wait_for_event(relay, "relay.worker_exited", timeout=20)
+    assert exited["pid"] == acceptor
+    (released,) = await wait_for_event(relay, "delivery.claims_released", timeout=20)
+    assert released["pid"] == acceptor and released["entries"] >= 1
+    await wait_until(lambda: _claims(relay)[entry].startswith(f"{relay.proc.pid}."), timeout=20)
 
-        (started,) = await wait_for_event(relay, "relay.worker_started", timeout=20)
-        replacement = started["pid"]
-        assert child_pids(relay.proc.pid) == [replacement]
-        await wait_until(lambda: len(relay.events("relay.started")) >= 3, timeout=30)
-        _send_through(relay, aliases["seller_alias"], replacement, stalled=relay.proc.pid)
-        assert await relay.stop(timeout=60) == 0
-        assert not relay.events("relay.worker_start_failed")
-        assert len(relay.events("relay.worker_started")) == 1  # nothing replaced on the way out
-    finally:
-        silent.close()
+    (started,) = await wait_for_event(relay, "relay.worker_started", timeout=20)
+    replacement = started["pid"]
+    assert child_pids(relay.proc.pid) == [replacement]
+    await wait_until(lambda: len(relay.events("relay.started")) >= 3, timeout=30)
+    _send_through(relay, aliases["seller_alias"], replacement, stalled=relay.proc.pid)
+    assert await relay.stop(timeout=60) == 0
+    assert not relay.events("relay.worker_start_failed")
+    assert len(relay.events("relay.worker_started")) == 1  # nothing replaced on the way out
 
 
 async def test_a_worker_that_keeps_dying_at_start_is_restarted_ever_more_slowly():
@@ -337,36 +344,28 @@ async def test_a_replacement_worker_serves_the_submission_port_too(relay_factory
 
 
 @pytest.mark.parametrize("edit", ["another store", "broken TOML"])
-async def test_a_replacement_worker_runs_on_the_primarys_configuration(relay_factory, tmp_path, edit):
+async def test_a_replacement_worker_runs_on_the_primarys_configuration(two_workers_stalled, tmp_path, edit):
     """The file may say something the running service does not: a store
     path that a SIGHUP refused to change ("needs a restart"), or broken TOML
     that a SIGHUP refused whole.  A replacement read the file: on another
     store it refused valid aliases 550 5.1.1 (13 of 20 in a black-box
     probe); on broken TOML it could not start at all.  It now starts on the
     primary's running configuration, and takes mail into the same store."""
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(64)  # a smarthost that never answers: messages stay claimed
-    try:
-        relay = await relay_factory({"listen": {"mx": f"127.0.0.1:{free_port()}", "workers": 2},
-                                     "delivery": {"smarthost": f"127.0.0.1:{silent.getsockname()[1]}",
-                                                  "timeout": 300.0}})
-        store = relay.config["store"]["path"]
-        aliases = setup_order(relay)
-        (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
-        if edit == "another store":
-            relay.rewrite_config({"store": {"path": str(tmp_path / "elsewhere" / "relay.sqlite3")}})
-        else:
-            relay.config_path.write_text(relay.config_path.read_text() + "\n[limits\n")
-        os.kill(relay.proc.pid, signal.SIGHUP)
-        await wait_for_event(relay, "relay.reload_failed", count=2, timeout=20)  # the primary's, the acceptor's
-        os.kill(acceptor, signal.SIGKILL)
-        (started,) = await wait_for_event(relay, "relay.worker_started", timeout=20)
-        await wait_until(lambda: [e for e in relay.events("relay.started") if e["pid"] == started["pid"]],
-                         timeout=30)
-        (replacement,) = [e for e in relay.events("relay.started") if e["pid"] == started["pid"]]
-        assert replacement["store"] == store
-        _send_through(relay, aliases["seller_alias"], started["pid"], stalled=relay.proc.pid)
-        assert len(relay.events("relay.worker_exited")) == 1  # the killed one only
-    finally:
-        silent.close()
+    relay = two_workers_stalled
+    store = relay.config["store"]["path"]
+    aliases = setup_order(relay)
+    (acceptor,) = await wait_until(lambda: child_pids(relay.proc.pid))
+    if edit == "another store":
+        relay.rewrite_config({"store": {"path": str(tmp_path / "elsewhere" / "relay.sqlite3")}})
+    else:
+        relay.config_path.write_text(relay.config_path.read_text() + "\n[limits\n")
+    os.kill(relay.proc.pid, signal.SIGHUP)
+    await wait_for_event(relay, "relay.reload_failed", count=2, timeout=20)  # the primary's, the acceptor's
+    os.kill(acceptor, signal.SIGKILL)
+    (started,) = await wait_for_event(relay, "relay.worker_started", timeout=20)
+    await wait_until(lambda: [e for e in relay.events("relay.started") if e["pid"] == started["pid"]],
+                     timeout=30)
+    (replacement,) = [e for e in relay.events("relay.started") if e["pid"] == started["pid"]]
+    assert replacement["store"] == store
+    _send_through(relay, aliases["seller_alias"], started["pid"], stalled=relay.proc.pid)
+    assert len(relay.events("relay.worker_exited")) == 1  # the killed one only
