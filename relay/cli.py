@@ -179,10 +179,10 @@ def _serve_processes(settings: Settings, config_path: str | None) -> int:
 
     try:
         Path(settings.store.path).parent.mkdir(parents=True, exist_ok=True)
-        held = hold_the_service(settings.store.path)
+        taken = hold_the_service(settings.store.path) is not None  # (held until the service's processes end)
     except OSError:
-        held = -1  # (the daemon's own open of the store says what is wrong)
-    if held is None:
+        taken = True  # (no lock file to be had: the daemon's own open of the store says what is wrong)
+    if not taken:
         from relay.logs import get_logger
 
         get_logger().error("relay.stopped", error=f"another relay serve is running on the store {settings.store.path}")

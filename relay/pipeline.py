@@ -32,7 +32,7 @@ from relay.logs import get_logger
 from relay.parsing import parse_message
 from relay.rewrite import (ADDRESS_HEADER_LIMIT, LOOP_HEADER, NESTED_ADDRESS_HEADERS, Parties, RewriteError,
                            RewriteResult, Threading, clean_header_text, header_text, message_ids_in, new_message_id,
-                           parsable_address_header, rewrite_message, transfer_encoding)
+                           rewrite_message, transfer_encoding)
 from relay.sender_auth import AuthResult, ClientInfo, SenderAuth
 from relay.smtpdata import crlf_only
 from relay.store import (AuditRecord, Order, OrderChanged, QueueEntry, Seller, StaleParties, StorageError, Store,
@@ -593,20 +593,29 @@ def _smuggling_terminator(content: bytes) -> bool:
     return _FAKE_TERMINATORS.search(content) is not None
 
 
-def _check_header_sizes(message: EmailMessage, settings: Settings) -> None:
-    """THREATS #49 at every MIME level, before any header is parsed: the cap
-    of one field (check_raw holds it for the top, on the bytes) for the
-    headers of every part and forwarded message, where a 40 KB From took 17 s
-    of the event loop to parse; and the top's From, which the relay parses
-    several times, no longer than an address header may be."""
+def _oversized_headers(parts: list[EmailMessage], settings: Settings) -> list[frozenset[str]]:
+    """THREATS #49 at every MIME level, before any header is parsed, in one
+    pass over each part's fields: the cap of one field (check_raw holds it
+    for the top, on the bytes) for the headers of every part and forwarded
+    message, where a 40 KB From took 17 s of the event loop to parse; then
+    the top's From, which the relay parses several times, no longer than an
+    address header may be (relay.rewrite ADDRESS_HEADER_LIMIT).  For each
+    part, the (lowercase) names of its address headers too long for the
+    stdlib's parser: the rewriter reads and writes them as text."""
     limit = settings.limits.header_field
-    for part in message.walk():
+    unparsable = []
+    for part in parts:
+        too_long: set[str] = set()
         for name, value in part.raw_items():
             if len(name) + 2 + len(value) > limit:
                 raise MessageRefused(f"552 5.3.4 A header field exceeds {limit} octets.", "malformed")
-    if not parsable_address_header(message, "From"):
+            if len(value) > ADDRESS_HEADER_LIMIT and name.lower() in _ADDRESS_HEADERS:
+                too_long.add(name.lower())
+        unparsable.append(frozenset(too_long))
+    if "from" in unparsable[0]:
         raise MessageRefused(f"554 5.6.0 The From header is longer than {ADDRESS_HEADER_LIMIT} octets; "
                              "a sender's address and name fit in one line.", "malformed")
+    return unparsable
 
 
 def _header_block_end(content: bytes) -> int:
@@ -643,18 +652,18 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
     if depth > settings.limits.mime_depth:
         raise MessageRefused(f"554 5.6.0 The message nests MIME parts deeper than {settings.limits.mime_depth} "
                              "levels.", "malformed")
-    _check_header_sizes(message, settings)
+    parts = list(message.walk())  # (walked once for the three passes below)
+    unparsable = _oversized_headers(parts, settings)
     # Parse, once, every header the relay reads or copies (at every MIME
     # level): the stdlib's header parser can raise on hostile input (found by
     # fuzz/fuzz_rewrite.py), and a message that always raised would be
     # retried forever after a 451.  Headers that are dropped are not parsed,
     # nor is a forwarded message's address header too long to be (relay.rewrite
     # ADDRESS_HEADER_LIMIT: the rewriter scrubs it as text).
-    for part in message.walk():
+    for part, too_long in zip(parts, unparsable):
         for name in part.keys():
             lowered = name.lower()
-            if lowered not in _READ_HEADERS or (lowered in _ADDRESS_HEADERS and part is not message
-                                                 and not parsable_address_header(part, name)):
+            if lowered not in _READ_HEADERS or lowered in too_long:
                 continue
             try:
                 text = "".join(str(v) for v in part.get_all(name, []))
@@ -670,7 +679,7 @@ def check_structure(message: EmailMessage, settings: Settings) -> None:
         if names.count(name.lower()) > 1:
             raise MessageRefused(f"554 5.6.0 The message has more than one {name} header (RFC 5322 section 3.6).",
                                  "malformed")
-    for part in message.walk():
+    for part in parts:
         if part.get_content_maintype() == "message" and transfer_encoding(part) in ("base64", "quoted-printable"):
             # RFC 2046 section 5.2.1: 7bit, 8bit or binary only.  The parser
             # reads such a body as a message of no headers and encoded text,

@@ -40,7 +40,7 @@ from email.utils import collapse_rfc2231_value, encode_rfc2231, formataddr, geta
 from relay import tokens
 from relay.chunks import Chunks, Span
 from relay.filters.attachments import declared_kind, kind_from_head, sniff
-from relay.filters.base import Attachment, TextPart
+from relay.filters.base import INVISIBLE_CHARACTERS, Attachment, TextPart
 from relay.parsing import ReusingHeaderRegistry
 from relay.smtpdata import crlf_only
 
@@ -80,12 +80,6 @@ ENCRYPTED_TYPES = {"multipart/encrypted", "application/pgp-encrypted"}
 PGP_BLOCK = re.compile(
     r"-----BEGIN PGP (PUBLIC KEY BLOCK|SIGNATURE)-----.*?-----END PGP \1-----", re.DOTALL)
 PGP_SIGNED_HEADER = re.compile(r"-----BEGIN PGP SIGNED MESSAGE-----\r?\n(?:Hash:[^\n]*\n)*\r?\n?")
-
-# Characters a reader does not see: zero-width ones, the soft hyphen, bidi
-# marks and isolates (typed or pasted next to right-to-left text), invisible
-# operators, the combining grapheme joiner and the Mongolian vowel separator.
-# (As the body of a regex character class: two ranges.)
-ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff\u00ad\u200e\u200f\u202a-\u202e\u2061-\u2069\u034f\u180e"
 
 
 UNSCANNABLE = ("550 5.7.1 [unscannable] Part of the message could not be cleaned of a personal email address; "
@@ -137,7 +131,7 @@ class RewriteResult:
 # entity): browsers drop them from a URL, so `mailto:bob@x.ex<LF>ample`
 # opens bob@x.example (a black-box probe got such links through).
 _GAP = (
-    rf"(?:[{ZERO_WIDTH}\x00-\x1f\x7f]|<[^<>]{{0,200}}>"
+    rf"(?:[{INVISIBLE_CHARACTERS}\x00-\x1f\x7f]|<[^<>]{{0,200}}>"
     r"|&(?:shy|zwsp|zwj|zwnj|NoBreak|ZeroWidthSpace|lrm|rlm|Tab|NewLine);"
     r"|&#0*(?:820[3-7]|823[4-8]|828[89]|829[0-7]|65279|173|847|6158|9|10|13);"
     r"|&#x0*(?:200[b-f]|202[a-e]|206[0-9]|feff|ad|34f|180e|9|a|d);"
@@ -332,7 +326,7 @@ def _subaddress_pattern(address: str) -> tuple[str, re.Pattern]:
 _TAG = re.compile(r"<[^<>]{0,200}>")
 _SOFT_BREAK = re.compile(r"=\r?\n|\r?\n[ \t]| \r?\n")  # (the last: RFC 3676's, format=flowed)
 _QP_ESCAPE = re.compile(r"=([0-9a-fA-F]{2})")
-_INVISIBLE = re.compile(f"[{ZERO_WIDTH}\x00-\x1f\x7f]")  # (line breaks and tabs too: _GAP)
+_INVISIBLE = re.compile(f"[{INVISIBLE_CHARACTERS}\x00-\x1f\x7f]")  # (line breaks and tabs too: _GAP)
 _AT_WORD = re.compile(r'\s*[\[(]\s*at\s*[\])]\s*|\s+at\s+|"?[ \t]*@[ \t]*"?', re.IGNORECASE)
 _DOT_WORD = re.compile(r"\s*[\[(]\s*dot\s*[\])]\s*|\s+dot\s+|[\u3002\uff61]", re.IGNORECASE)
 
@@ -1068,14 +1062,18 @@ def _encode_text(text: str, charset: str, prefer_base64: bool) -> tuple[bytes, s
 
 # ------------------------------------------------------------------ the API
 
+@functools.lru_cache(maxsize=1024)
 def build_scrubber(parties: Parties) -> Scrubber:
+    """The scrubber of a message between `parties`.  Made once for them:
+    building its patterns costs more than scrubbing a message, and an
+    order's parties write many messages."""
     replacements = {a: parties.sender_alias for a in _mailboxes(parties.sender_addresses)}
     replacements.update({a: parties.recipient_alias for a in _mailboxes(parties.recipient_addresses)})
     shown = _HTML_SPECIAL.sub("", parties.sender_display).strip() or parties.sender_alias
     local_parts = {local: shown for local in {address.rpartition("@")[0].lower()
                                               for address in _mailboxes(parties.sender_addresses)}
                    if _distinctive_local_part(local)}
-    return _cached_scrubber(tuple(sorted(replacements.items())), tuple(sorted(local_parts.items())))
+    return Scrubber(replacements, local_parts)
 
 
 _HTML_SPECIAL = re.compile(r"[<>&\"]")  # (a name put into an HTML part's text is not markup)
@@ -1101,14 +1099,6 @@ def _mailboxes(addresses: Iterable[str]) -> Iterator[str]:
         base = local.partition("+")[0]
         if base and base != local:
             yield f"{base}@{domain}"
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_scrubber(replacements: tuple[tuple[str, str], ...],
-                     local_parts: tuple[tuple[str, str], ...] = ()) -> Scrubber:
-    """Building the pattern costs more than scrubbing a message; an order's
-    parties write many messages."""
-    return Scrubber(dict(replacements), dict(local_parts))
 
 
 def rewrite_message(message: EmailMessage, parties: Parties, threading: Threading,

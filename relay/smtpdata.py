@@ -15,12 +15,14 @@ generated streams):
   from every piece of a line after a bare LF (see below);
 - a line over 998 octets before its CRLF, its transparent dot not counted
   (RFC 5321 section 4.5.3.1.6), makes the block TOO_LONG (aiosmtpd's limit
-  of 1,001 octets with the CRLF let 999 octets without a dot through), more than `size_limit` octets TOO_MUCH, whichever
-  comes first; either way the rest is read to the end and dropped, so the
-  session stays in step, and nothing is buffered past the limit.
+  of 1,001 octets with the CRLF let 999 octets without a dot through), more
+  than `size_limit` octets TOO_MUCH, whichever comes first; either way the
+  rest is read to the end and dropped, so the session stays in step, and
+  nothing is buffered past the limit.
 
-One deliberate difference: for the line length and the dot, a bare LF ends
-a line too.
+Deliberate differences: the transparent dot is not counted in a line's
+length (above), and for the line length and the dot a bare LF ends a line
+too.
 `smtplib.sendmail(..., msg.as_bytes())` sends a message with LF line ends
 only (the email package's default), which the relay writes out with CRLF
 (relay.rewrite), as Postfix does; counted between CRLFs, any such message

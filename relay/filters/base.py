@@ -154,6 +154,15 @@ class Filter(Protocol):
 CRITICAL_TAG = re.compile(r"\[important\]", re.IGNORECASE)
 
 
+# Characters a reader does not see, as the body of a regex character class:
+# the soft hyphen, the combining grapheme joiner, the Mongolian vowel
+# separator, zero-width characters, bidi marks and embeddings, the word
+# joiner, invisible operators and bidi isolates, the BOM.  The filters read
+# text without them ("john\u200b@gmail.com" reads john@gmail.com: relay.filters.content)
+# and the rewriter finds an address with them inside (relay.rewrite).
+INVISIBLE_CHARACTERS = "\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+
+
 def is_critical(subject: str) -> bool:
     return bool(CRITICAL_TAG.search(subject or ""))
 

@@ -43,7 +43,7 @@ from typing import Iterator
 import tldextract
 
 from relay.aliases import RESERVED_TLDS  # (RFC 2606/6761) used by operators and test suites as real domains
-from relay.filters.base import Finding, MessageView
+from relay.filters.base import INVISIBLE_CHARACTERS, Finding, MessageView
 
 # ---------------------------------------------------------------- folding
 
@@ -196,8 +196,7 @@ def words_present(folded: str) -> frozenset[tuple[str, bytes]]:
 
 # ---------------------------------------------------------------- invisible characters
 
-# Characters a reader does not see ("john\u200b@gmail.com" reads john@gmail.com).
-_INVISIBLE = re.compile("[\u00ad\u034f\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")  # (bidi marks too)
+_INVISIBLE = re.compile(f"[{INVISIBLE_CHARACTERS}]")
 
 
 def on_visible_text(finder):
